@@ -1,0 +1,172 @@
+//! `proxy.yaml`: typed, validated as a whole, and then immutable.
+//!
+//! [`load`] reads the file, [`parse`] deserialises it into the raw types and
+//! `validate` checks every field and every reference between sections, collecting
+//! all errors (each with its YAML path, line and column) rather than stopping at
+//! the first. A running proxy holds a `Arc<Config>` snapshot; a session keeps the
+//! snapshot it logged in with.
+
+mod raw;
+pub mod secret;
+mod validate;
+pub mod values;
+
+use std::collections::{BTreeMap, HashMap};
+use std::fmt;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+pub use secret::Secret;
+
+/// One problem in the file, located.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    /// Dotted YAML path such as `tenants.acme.tier`; empty for syntax errors.
+    pub path: String,
+    pub line: u32,
+    pub column: u32,
+    pub message: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.path.is_empty() {
+            write!(
+                f,
+                "line {}, column {}: {}",
+                self.line, self.column, self.message
+            )
+        } else {
+            write!(
+                f,
+                "{} (line {}, column {}): {}",
+                self.path, self.line, self.column, self.message
+            )
+        }
+    }
+}
+
+/// Every error found in one file.
+#[derive(Debug, Clone, thiserror::Error)]
+pub struct ConfigErrors(pub Vec<ConfigError>);
+
+impl fmt::Display for ConfigErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, e) in self.0.iter().enumerate() {
+            if i > 0 {
+                writeln!(f)?;
+            }
+            write!(f, "{e}")?;
+        }
+        Ok(())
+    }
+}
+
+#[derive(Debug)]
+pub struct Config {
+    pub listen: String,
+    pub limits: Limits,
+    /// Name of the setting that carries the tenant id, e.g. `app.current_tenant`.
+    pub tenant_setting: String,
+    /// Separator in `<shared user><sep><tenant>` login names; `None` disables it.
+    pub separator: Option<String>,
+    pub shared_users: HashMap<String, Secret>,
+    pub require_rls_enforced: bool,
+    pub clusters: BTreeMap<String, Arc<Cluster>>,
+    pub tiers: BTreeMap<String, Arc<Tier>>,
+    pub tenants: BTreeMap<String, Arc<Tenant>>,
+    /// Login users declared under a tenant.
+    pub users: HashMap<String, TenantUser>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Limits {
+    pub login_timeout: Duration,
+    pub max_startup_packet_size: usize,
+    pub max_message_size: usize,
+}
+
+#[derive(Clone)]
+pub struct Cluster {
+    pub name: String,
+    pub host: String,
+    pub port: u16,
+    pub database: String,
+    pub user: String,
+    pub password: Option<String>,
+    pub connect_timeout: Duration,
+    pub max_server_connections: u32,
+    pub server_idle_timeout: Duration,
+}
+
+// The backend password must never reach a log line.
+impl fmt::Debug for Cluster {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Cluster")
+            .field("name", &self.name)
+            .field("host", &self.host)
+            .field("port", &self.port)
+            .field("database", &self.database)
+            .field("user", &self.user)
+            .finish_non_exhaustive()
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Tier {
+    pub name: String,
+    pub pool_size: u32,
+    pub min_pool_size: u32,
+    pub max_tenant_share: u32,
+    pub statement_timeout: Option<Duration>,
+    pub queue_timeout: Duration,
+    pub max_client_connections: u32,
+    /// Other settings applied on every transaction, validated names.
+    pub settings: Vec<(String, String)>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Tenant {
+    pub id: String,
+    pub tier: String,
+    pub cluster: String,
+    pub disabled: bool,
+    pub schema: Option<String>,
+    pub role: Option<String>,
+    /// Size of the tenant's own pool, when it has one.
+    pub dedicated_pool_size: Option<u32>,
+}
+
+#[derive(Debug, Clone)]
+pub struct TenantUser {
+    pub tenant: String,
+    pub secret: Secret,
+}
+
+/// Reads and validates a config file, expanding `${VAR}` from the process environment.
+pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        ConfigErrors(vec![ConfigError {
+            path: String::new(),
+            line: 0,
+            column: 0,
+            message: format!("cannot read {}: {e}", path.display()),
+        }])
+    })?;
+    parse(&text, &|name| std::env::var(name).ok())
+}
+
+/// Parses and validates config text; `env` resolves `${VAR}` references.
+pub fn parse(text: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<Config, ConfigErrors> {
+    let raw: raw::RawConfig = serde_saphyr::from_str(text).map_err(|e| {
+        let loc = e.location();
+        ConfigErrors(vec![ConfigError {
+            path: String::new(),
+            line: loc.map_or(0, |l| l.line() as u32),
+            column: loc.map_or(0, |l| l.column() as u32),
+            message: e.to_string(),
+        }])
+    })?;
+    validate::validate(raw, env)
+}

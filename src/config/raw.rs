@@ -1,0 +1,190 @@
+//! The YAML file as written: serde types with a doc comment on every field.
+//! `validate` turns this into the checked runtime [`super::Config`].
+
+use std::collections::BTreeMap;
+
+use serde::Deserialize;
+use serde_saphyr::Spanned;
+
+use super::values::{Dur, Name};
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawConfig {
+    /// Address the proxy accepts clients on, `host:port`.
+    pub listen: Spanned<String>,
+    /// Protective limits on client connections.
+    #[serde(default)]
+    pub limits: RawLimits,
+    /// The session setting that carries the tenant id (RLS policies read it).
+    #[serde(default = "default_context_setting")]
+    pub tenant_setting: Spanned<String>,
+    /// How a login name is turned into a tenant.
+    #[serde(default)]
+    pub resolution: RawResolution,
+    /// Refuse to start when the role tenant transactions run as would bypass RLS.
+    #[serde(default)]
+    pub require_rls_enforced: bool,
+    /// PostgreSQL servers (or databases) tenants live on, by name.
+    pub clusters: BTreeMap<Name, RawCluster>,
+    /// Classes of service, by name.
+    pub tiers: BTreeMap<Name, RawTier>,
+    /// Tenants, by id.
+    pub tenants: BTreeMap<Name, RawTenant>,
+}
+
+fn default_context_setting() -> Spanned<String> {
+    let loc = serde_saphyr::Location::UNKNOWN;
+    Spanned::new("app.current_tenant".to_owned(), loc, loc)
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawLimits {
+    /// Time a client has to finish the startup and authentication.
+    #[serde(default = "default_login_timeout")]
+    pub login_timeout: Dur,
+    /// Largest startup packet accepted, in bytes.
+    #[serde(default = "default_startup_packet")]
+    pub max_startup_packet_size: usize,
+    /// Largest single protocol message accepted from a client or server, in bytes.
+    #[serde(default = "default_max_message")]
+    pub max_message_size: usize,
+}
+
+impl Default for RawLimits {
+    fn default() -> Self {
+        RawLimits {
+            login_timeout: default_login_timeout(),
+            max_startup_packet_size: default_startup_packet(),
+            max_message_size: default_max_message(),
+        }
+    }
+}
+
+fn default_login_timeout() -> Dur {
+    Dur(std::time::Duration::from_secs(10))
+}
+fn default_startup_packet() -> usize {
+    10_000
+}
+fn default_max_message() -> usize {
+    64 << 20
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct RawResolution {
+    /// Separator between a shared user and a tenant id in a login name (`app.acme`).
+    #[serde(default)]
+    pub username_separator: Option<Spanned<String>>,
+    /// Application users shared by all tenants; the tenant comes from the suffix.
+    #[serde(default)]
+    pub shared_users: BTreeMap<Name, RawUser>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawUser {
+    /// A SCRAM-SHA-256 verifier or an md5 hash, never clear text.
+    pub password: Spanned<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawCluster {
+    /// Host name or address of PostgreSQL; `${ENV_VAR}` is expanded.
+    pub host: Spanned<String>,
+    /// TCP port of PostgreSQL.
+    #[serde(default = "default_port")]
+    pub port: u16,
+    /// Database on that server; clients must ask for the same name.
+    pub database: Spanned<String>,
+    /// Role the proxy logs in as; `${ENV_VAR}` is expanded.
+    pub user: Spanned<String>,
+    /// Its password (clear text is needed to log in); `${ENV_VAR}` is expanded.
+    #[serde(default)]
+    pub password: Option<Spanned<String>>,
+    /// Time allowed to open and authenticate one server connection.
+    #[serde(default = "default_connect_timeout")]
+    pub connect_timeout: Dur,
+    /// Most server connections the proxy may open to this cluster, all pools together.
+    pub max_server_connections: Spanned<u32>,
+    /// Idle server connections above a pool's minimum are closed after this long.
+    #[serde(default = "default_idle_timeout")]
+    pub server_idle_timeout: Dur,
+}
+
+fn default_port() -> u16 {
+    5432
+}
+fn default_connect_timeout() -> Dur {
+    Dur(std::time::Duration::from_secs(5))
+}
+fn default_idle_timeout() -> Dur {
+    Dur(std::time::Duration::from_secs(600))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTier {
+    /// Most server connections of this tier's pool on each cluster.
+    pub pool_size: Spanned<u32>,
+    /// Server connections kept open even when idle.
+    #[serde(default)]
+    pub min_pool_size: u32,
+    /// Most servers one tenant may hold at once in this pool; defaults to pool_size.
+    #[serde(default)]
+    pub max_tenant_share: Option<Spanned<u32>>,
+    /// `statement_timeout` set on every transaction; clients cannot raise it.
+    #[serde(default)]
+    pub statement_timeout: Option<Dur>,
+    /// Longest a transaction waits for a server before failing with 53300.
+    #[serde(default = "default_queue_timeout")]
+    pub queue_timeout: Dur,
+    /// Most client connections one tenant of this tier may have open.
+    #[serde(default = "default_max_clients")]
+    pub max_client_connections: u32,
+    /// Other PostgreSQL settings applied to every transaction (`work_mem: 4MB`).
+    #[serde(default)]
+    pub settings: BTreeMap<Name, String>,
+}
+
+fn default_queue_timeout() -> Dur {
+    Dur(std::time::Duration::from_secs(5))
+}
+fn default_max_clients() -> u32 {
+    100
+}
+
+#[derive(Debug, Deserialize, Clone, Copy, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Status {
+    #[default]
+    Active,
+    Disabled,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTenant {
+    /// The tenant's tier.
+    pub tier: Spanned<String>,
+    /// The cluster the tenant's data lives on.
+    pub cluster: Spanned<String>,
+    /// `active` or `disabled` (logins refused).
+    #[serde(default)]
+    pub status: Status,
+    /// Schema of a schema-per-tenant tenant: `search_path` is set to it and `public`.
+    #[serde(default)]
+    pub schema: Option<Spanned<String>>,
+    /// PostgreSQL role the tenant's transactions run as (`SET ROLE`).
+    #[serde(default)]
+    pub role: Option<Spanned<String>>,
+    /// A dedicated pool of this size instead of the tier's shared pool.
+    #[serde(default)]
+    pub pool_size: Option<Spanned<u32>>,
+    /// Login users that belong to this tenant.
+    #[serde(default)]
+    pub users: BTreeMap<Name, RawUser>,
+}

@@ -1,0 +1,392 @@
+//! Raw YAML → checked [`Config`]: every field, every cross-reference, all errors at once.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+
+use serde_saphyr::{Location, Spanned};
+
+use super::raw::{RawCluster, RawConfig, RawTenant, RawTier, Status};
+use super::values::{is_identifier, is_setting_name, is_tenant_id};
+use super::{Cluster, Config, ConfigError, ConfigErrors, Limits, Secret, Tenant, TenantUser, Tier};
+
+struct Errors(Vec<ConfigError>);
+
+impl Errors {
+    fn at(&mut self, path: impl Into<String>, loc: Location, message: impl Into<String>) {
+        self.0.push(ConfigError {
+            path: path.into(),
+            line: loc.line() as u32,
+            column: loc.column() as u32,
+            message: message.into(),
+        });
+    }
+}
+
+pub(super) fn validate(
+    raw: RawConfig,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<Config, ConfigErrors> {
+    let mut errs = Errors(Vec::new());
+
+    if raw
+        .listen
+        .value
+        .rsplit_once(':')
+        .and_then(|(_, p)| p.parse::<u16>().ok())
+        .is_none()
+    {
+        errs.at(
+            "listen",
+            raw.listen.referenced,
+            "must be host:port, e.g. 127.0.0.1:6432",
+        );
+    }
+    let tenant_setting = raw.tenant_setting.value.clone();
+    if !is_setting_name(&tenant_setting) || !tenant_setting.contains('.') {
+        errs.at(
+            "tenant_setting",
+            raw.tenant_setting.referenced,
+            "must be a custom setting name with a prefix, e.g. app.current_tenant",
+        );
+    }
+    let separator = raw
+        .resolution
+        .username_separator
+        .as_ref()
+        .map(|s| s.value.clone());
+    if let Some(sep) = &raw.resolution.username_separator
+        && (sep.value.is_empty()
+            || sep
+                .value
+                .chars()
+                .any(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-'))
+    {
+        errs.at(
+            "resolution.username_separator",
+            sep.referenced,
+            "must be non-empty and contain no letters, digits, '_' or '-' (they can appear in tenant ids)",
+        );
+    }
+    let mut shared_users = HashMap::new();
+    for (name, user) in &raw.resolution.shared_users {
+        let path = format!("resolution.shared_users.{name}");
+        if let Some(secret) = secret(&mut errs, &path, &user.password) {
+            shared_users.insert(name.value.clone(), secret);
+        }
+    }
+    if !raw.resolution.shared_users.is_empty() && separator.is_none() {
+        errs.at(
+            "resolution.shared_users",
+            raw.resolution
+                .shared_users
+                .keys()
+                .next()
+                .map_or(Location::UNKNOWN, |k| k.at),
+            "shared users need resolution.username_separator to be set",
+        );
+    }
+
+    let clusters: BTreeMap<String, Arc<Cluster>> = raw
+        .clusters
+        .iter()
+        .map(|(name, c)| {
+            (
+                name.value.clone(),
+                Arc::new(cluster(&mut errs, &name.value, c, env)),
+            )
+        })
+        .collect();
+    let tiers: BTreeMap<String, Arc<Tier>> = raw
+        .tiers
+        .iter()
+        .map(|(name, t)| {
+            (
+                name.value.clone(),
+                Arc::new(tier(&mut errs, &name.value, t)),
+            )
+        })
+        .collect();
+
+    let mut tenants = BTreeMap::new();
+    let mut users: HashMap<String, TenantUser> = HashMap::new();
+    for (id, t) in &raw.tenants {
+        let tenant = tenant(&mut errs, id, t, &clusters, &tiers);
+        for (name, user) in &t.users {
+            let path = format!("tenants.{id}.users.{name}");
+            if shared_users.contains_key(&name.value) || users.contains_key(&name.value) {
+                errs.at(
+                    &path,
+                    name.at,
+                    format!("user \"{name}\" is declared more than once"),
+                );
+            }
+            if let Some(secret) = secret(&mut errs, &path, &user.password) {
+                users.insert(
+                    name.value.clone(),
+                    TenantUser {
+                        tenant: id.value.clone(),
+                        secret,
+                    },
+                );
+            }
+        }
+        tenants.insert(id.value.clone(), Arc::new(tenant));
+    }
+
+    check_cluster_capacity(&mut errs, &raw, &clusters, &tiers, &tenants);
+
+    if !errs.0.is_empty() {
+        return Err(ConfigErrors(errs.0));
+    }
+    Ok(Config {
+        listen: raw.listen.value,
+        limits: Limits {
+            login_timeout: raw.limits.login_timeout.0,
+            max_startup_packet_size: raw.limits.max_startup_packet_size,
+            max_message_size: raw.limits.max_message_size,
+        },
+        tenant_setting,
+        separator,
+        shared_users,
+        require_rls_enforced: raw.require_rls_enforced,
+        clusters,
+        tiers,
+        tenants,
+        users,
+    })
+}
+
+fn secret(errs: &mut Errors, path: &str, password: &Spanned<String>) -> Option<Secret> {
+    Secret::parse(&password.value)
+        .map_err(|e| errs.at(format!("{path}.password"), password.referenced, e))
+        .ok()
+}
+
+/// Expands `${VAR}` references; an unset variable is an error at that field.
+fn expand(
+    errs: &mut Errors,
+    path: &str,
+    s: &Spanned<String>,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> String {
+    let mut out = String::new();
+    let mut rest = s.value.as_str();
+    while let Some(start) = rest.find("${") {
+        out.push_str(&rest[..start]);
+        let Some(end) = rest[start..].find('}') else {
+            errs.at(path, s.referenced, "unterminated ${...} reference");
+            return out;
+        };
+        let name = &rest[start + 2..start + end];
+        match env(name) {
+            Some(v) => out.push_str(&v),
+            None => errs.at(
+                path,
+                s.referenced,
+                format!("environment variable {name} is not set"),
+            ),
+        }
+        rest = &rest[start + end + 1..];
+    }
+    out.push_str(rest);
+    out
+}
+
+fn cluster(
+    errs: &mut Errors,
+    name: &str,
+    c: &RawCluster,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Cluster {
+    let path = format!("clusters.{name}");
+    if c.max_server_connections.value == 0 {
+        errs.at(
+            format!("{path}.max_server_connections"),
+            c.max_server_connections.referenced,
+            "must be at least 1",
+        );
+    }
+    if c.database.value.is_empty() {
+        errs.at(
+            format!("{path}.database"),
+            c.database.referenced,
+            "must not be empty",
+        );
+    }
+    Cluster {
+        name: name.to_owned(),
+        host: expand(errs, &format!("{path}.host"), &c.host, env),
+        port: c.port,
+        database: c.database.value.clone(),
+        user: expand(errs, &format!("{path}.user"), &c.user, env),
+        password: c
+            .password
+            .as_ref()
+            .map(|p| expand(errs, &format!("{path}.password"), p, env)),
+        connect_timeout: c.connect_timeout.0,
+        max_server_connections: c.max_server_connections.value,
+        server_idle_timeout: c.server_idle_timeout.0,
+    }
+}
+
+fn tier(errs: &mut Errors, name: &str, t: &RawTier) -> Tier {
+    let path = format!("tiers.{name}");
+    if t.pool_size.value == 0 {
+        errs.at(
+            format!("{path}.pool_size"),
+            t.pool_size.referenced,
+            "must be at least 1",
+        );
+    }
+    if t.min_pool_size > t.pool_size.value {
+        errs.at(
+            format!("{path}.min_pool_size"),
+            t.pool_size.referenced,
+            "must not exceed pool_size",
+        );
+    }
+    let share = t
+        .max_tenant_share
+        .as_ref()
+        .map_or(t.pool_size.value, |s| s.value);
+    if let Some(s) = &t.max_tenant_share
+        && (s.value == 0 || s.value > t.pool_size.value)
+    {
+        errs.at(
+            format!("{path}.max_tenant_share"),
+            s.referenced,
+            "must be between 1 and pool_size",
+        );
+    }
+    for key in t.settings.keys() {
+        let protected = [
+            "search_path",
+            "role",
+            "session_authorization",
+            "statement_timeout",
+        ];
+        if !is_setting_name(&key.value) || protected.contains(&key.value.as_str()) {
+            errs.at(
+                format!("{path}.settings.{key}"),
+                key.at,
+                "not a setting name the proxy may set here (search_path, role and statement_timeout have their own keys)",
+            );
+        }
+    }
+    Tier {
+        name: name.to_owned(),
+        pool_size: t.pool_size.value,
+        min_pool_size: t.min_pool_size,
+        max_tenant_share: share,
+        statement_timeout: t.statement_timeout.map(|d| d.0),
+        queue_timeout: t.queue_timeout.0,
+        max_client_connections: t.max_client_connections,
+        settings: t
+            .settings
+            .iter()
+            .map(|(k, v)| (k.value.clone(), v.clone()))
+            .collect(),
+    }
+}
+
+fn tenant(
+    errs: &mut Errors,
+    id: &super::values::Name,
+    t: &RawTenant,
+    clusters: &BTreeMap<String, Arc<Cluster>>,
+    tiers: &BTreeMap<String, Arc<Tier>>,
+) -> Tenant {
+    let path = format!("tenants.{id}");
+    if !is_tenant_id(&id.value) {
+        errs.at(&path, id.at, "tenant ids are 1-63 characters of a-z, 0-9, '_' and '-', starting with a letter or digit");
+    }
+    if !tiers.contains_key(&t.tier.value) {
+        errs.at(
+            format!("{path}.tier"),
+            t.tier.referenced,
+            format!("no tier named \"{}\" in tiers", t.tier.value),
+        );
+    }
+    if !clusters.contains_key(&t.cluster.value) {
+        errs.at(
+            format!("{path}.cluster"),
+            t.cluster.referenced,
+            format!("no cluster named \"{}\" in clusters", t.cluster.value),
+        );
+    }
+    for (key, value) in [("schema", &t.schema), ("role", &t.role)] {
+        if let Some(v) = value
+            && !is_identifier(&v.value)
+        {
+            errs.at(
+                format!("{path}.{key}"),
+                v.referenced,
+                "must be 1-63 characters of a-z, 0-9 and '_', starting with a letter or '_', and not start with pg_",
+            );
+        }
+    }
+    if let Some(size) = &t.pool_size
+        && size.value == 0
+    {
+        errs.at(
+            format!("{path}.pool_size"),
+            size.referenced,
+            "must be at least 1",
+        );
+    }
+    Tenant {
+        id: id.value.clone(),
+        tier: t.tier.value.clone(),
+        cluster: t.cluster.value.clone(),
+        disabled: t.status == Status::Disabled,
+        schema: t.schema.as_ref().map(|s| s.value.clone()),
+        role: t.role.as_ref().map(|s| s.value.clone()),
+        dedicated_pool_size: t.pool_size.as_ref().map(|s| s.value),
+    }
+}
+
+/// The tier pools on a cluster (one per tier with a tenant there) and the dedicated
+/// pools together must fit in the cluster's `max_server_connections`.
+fn check_cluster_capacity(
+    errs: &mut Errors,
+    raw: &RawConfig,
+    clusters: &BTreeMap<String, Arc<Cluster>>,
+    tiers: &BTreeMap<String, Arc<Tier>>,
+    tenants: &BTreeMap<String, Arc<Tenant>>,
+) {
+    for (name, cluster) in clusters {
+        let mut tiers_used: Vec<&str> = Vec::new();
+        let mut dedicated = 0u64;
+        for t in tenants.values().filter(|t| &t.cluster == name) {
+            match t.dedicated_pool_size {
+                Some(size) => dedicated += u64::from(size),
+                None if !tiers_used.contains(&t.tier.as_str()) => tiers_used.push(&t.tier),
+                None => {}
+            }
+        }
+        let shared: u64 = tiers_used
+            .iter()
+            .filter_map(|t| tiers.get(*t))
+            .map(|t| u64::from(t.pool_size))
+            .sum();
+        if shared + dedicated > u64::from(cluster.max_server_connections) {
+            let loc = raw
+                .clusters
+                .iter()
+                .find(|(k, _)| &k.value == name)
+                .map_or(Location::UNKNOWN, |(_, c)| {
+                    c.max_server_connections.referenced
+                });
+            errs.at(
+                format!("clusters.{name}.max_server_connections"),
+                loc,
+                format!(
+                    "pools on this cluster can open {} connections (tiers {}: {shared}, dedicated: {dedicated}) but max_server_connections is {}",
+                    shared + dedicated,
+                    tiers_used.join(", "),
+                    cluster.max_server_connections
+                ),
+            );
+        }
+    }
+}

@@ -1,0 +1,228 @@
+//! Every error a client can be shown, built in one place with its SQLSTATE.
+//!
+//! Anything that reaches a client goes through [`ClientError`]: its text is written
+//! for the client and never carries secrets, server internals or another tenant's
+//! name. Internal failures are logged and mapped to one of these constructors.
+//! SQLSTATEs: <https://www.postgresql.org/docs/current/errcodes-appendix.html>.
+
+use bytes::BytesMut;
+
+use crate::protocol::build::{self, Fields};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Severity {
+    /// The statement failed; the session goes on.
+    Error,
+    /// The connection ends after this message.
+    Fatal,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{message} (SQLSTATE {code})")]
+pub struct ClientError {
+    pub severity: Severity,
+    pub code: &'static str,
+    pub message: String,
+    pub hint: Option<String>,
+}
+
+impl ClientError {
+    fn new(severity: Severity, code: &'static str, message: String) -> ClientError {
+        ClientError {
+            severity,
+            code,
+            message,
+            hint: None,
+        }
+    }
+
+    fn with_hint(mut self, hint: impl Into<String>) -> ClientError {
+        self.hint = Some(hint.into());
+        self
+    }
+
+    /// Wrong password and unknown user look the same, as in PostgreSQL.
+    pub fn auth_failed(user: &str) -> ClientError {
+        Self::new(
+            Severity::Fatal,
+            "28P01",
+            format!("password authentication failed for user \"{user}\""),
+        )
+    }
+
+    pub fn unknown_tenant(tenant: &str) -> ClientError {
+        Self::new(
+            Severity::Fatal,
+            "28000",
+            format!("tenant \"{tenant}\" does not exist"),
+        )
+        .with_hint(
+            "Log in as a user of an existing tenant, or as <shared user><separator><tenant id>.",
+        )
+    }
+
+    pub fn tenant_disabled(tenant: &str) -> ClientError {
+        Self::new(
+            Severity::Fatal,
+            "28000",
+            format!("tenant \"{tenant}\" is disabled"),
+        )
+        .with_hint("The tenant's status in the proxy configuration is \"disabled\".")
+    }
+
+    pub fn unknown_database(database: &str) -> ClientError {
+        Self::new(
+            Severity::Fatal,
+            "3D000",
+            format!("database \"{database}\" does not exist"),
+        )
+        .with_hint("Connect to the database your tenant is configured for.")
+    }
+
+    pub fn too_many_clients(tenant: &str, limit: u32) -> ClientError {
+        Self::new(
+            Severity::Fatal,
+            "53300",
+            format!("too many client connections for tenant \"{tenant}\" (limit {limit})"),
+        )
+        .with_hint("Close idle connections or raise the tier's max_client_connections.")
+    }
+
+    pub fn queue_timeout(tier: &str, waited_ms: u128) -> ClientError {
+        Self::new(
+            Severity::Error,
+            "53300",
+            format!("no server connection available in pool of tier \"{tier}\" after {waited_ms} ms"),
+        )
+        .with_hint("The pool is busy: retry, shorten transactions, or raise the tier's pool_size or queue_timeout.")
+    }
+
+    pub fn server_connect_failed(cluster: &str) -> ClientError {
+        Self::new(
+            Severity::Error,
+            "08001",
+            format!("could not connect to PostgreSQL cluster \"{cluster}\""),
+        )
+        .with_hint(
+            "The proxy will retry; check that the cluster is up and its credentials are right.",
+        )
+    }
+
+    pub fn server_lost(cluster: &str) -> ClientError {
+        Self::new(
+            Severity::Fatal,
+            "08006",
+            format!(
+                "lost the connection to PostgreSQL cluster \"{cluster}\" during the transaction"
+            ),
+        )
+    }
+
+    pub fn context_failed(cluster: &str) -> ClientError {
+        Self::new(
+            Severity::Fatal,
+            "08006",
+            format!("could not set the tenant context on cluster \"{cluster}\""),
+        )
+        .with_hint("Reconnect and retry. The proxy log has the server's error.")
+    }
+
+    pub fn protocol_violation(what: impl std::fmt::Display) -> ClientError {
+        Self::new(
+            Severity::Fatal,
+            "08P01",
+            format!("protocol violation: {what}"),
+        )
+    }
+
+    pub fn unsupported_startup(what: &str) -> ClientError {
+        Self::new(
+            Severity::Fatal,
+            "0A000",
+            format!("{what} is not supported by this proxy"),
+        )
+    }
+
+    pub fn shutting_down() -> ClientError {
+        Self::new(
+            Severity::Fatal,
+            "57P01",
+            "the proxy is shutting down".to_owned(),
+        )
+    }
+
+    /// The same error, ending the connection (for failures during login).
+    pub fn fatal(mut self) -> ClientError {
+        self.severity = Severity::Fatal;
+        self
+    }
+
+    pub fn is_fatal(&self) -> bool {
+        self.severity == Severity::Fatal
+    }
+
+    /// Appends this error as an `ErrorResponse`.
+    pub fn encode(&self, buf: &mut BytesMut) {
+        let severity = match self.severity {
+            Severity::Error => "ERROR",
+            Severity::Fatal => "FATAL",
+        };
+        build::error_response(
+            buf,
+            &Fields {
+                severity,
+                code: self.code,
+                message: &self.message,
+                detail: None,
+                hint: self.hint.as_deref(),
+            },
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn constructors_carry_their_sqlstate_and_severity() {
+        let table = [
+            (ClientError::auth_failed("u"), "28P01", true),
+            (ClientError::unknown_tenant("t"), "28000", true),
+            (ClientError::tenant_disabled("t"), "28000", true),
+            (ClientError::unknown_database("d"), "3D000", true),
+            (ClientError::too_many_clients("t", 1), "53300", true),
+            (ClientError::queue_timeout("free", 5), "53300", false),
+            (ClientError::server_connect_failed("main"), "08001", false),
+            (ClientError::server_lost("main"), "08006", true),
+            (ClientError::context_failed("main"), "08006", true),
+            (ClientError::protocol_violation("x"), "08P01", true),
+            (
+                ClientError::unsupported_startup("replication"),
+                "0A000",
+                true,
+            ),
+            (ClientError::shutting_down(), "57P01", true),
+        ];
+        for (err, code, fatal) in table {
+            assert_eq!((err.code, err.is_fatal()), (code, fatal), "{err}");
+        }
+    }
+
+    #[test]
+    fn wrong_password_and_unknown_user_read_the_same() {
+        assert_eq!(
+            ClientError::auth_failed("x").message,
+            "password authentication failed for user \"x\""
+        );
+    }
+
+    #[test]
+    fn queue_timeout_names_the_tier() {
+        assert!(
+            ClientError::queue_timeout("free", 100)
+                .message
+                .contains("\"free\"")
+        );
+    }
+}

@@ -1,0 +1,94 @@
+//! One connection to PostgreSQL: open it, authenticate as the cluster's role
+//! (SCRAM-SHA-256, md5, cleartext or trust), learn its parameters and cancel key,
+//! and know which tenant context it carries. The pool owns idle servers; a
+//! session borrows one per transaction.
+
+mod connect;
+mod query;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Instant;
+
+use tokio::io::Interest;
+use tokio::net::TcpStream;
+
+use crate::tenant::context::TenantContext;
+
+pub use connect::connect;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    #[error("connecting to {addr}: {source}")]
+    Connect {
+        addr: String,
+        source: std::io::Error,
+    },
+    #[error("timed out after {0:?}")]
+    Timeout(std::time::Duration),
+    #[error("server said: {0}")]
+    Server(String),
+    #[error("authentication method {0} is not supported for server logins")]
+    UnsupportedAuth(&'static str),
+    #[error("the cluster's password is needed for {0} authentication")]
+    PasswordNeeded(&'static str),
+    #[error("protocol error from server: {0}")]
+    Protocol(String),
+    #[error(transparent)]
+    Io(#[from] std::io::Error),
+}
+
+/// Where and how to cancel whatever a server is running.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CancelTarget {
+    pub addr: SocketAddr,
+    pub process_id: i32,
+    pub secret: i32,
+}
+
+static NEXT_ID: AtomicU64 = AtomicU64::new(1);
+
+pub struct Server {
+    pub stream: TcpStream,
+    /// Proxy-wide id, for logs.
+    pub id: u64,
+    pub cancel: CancelTarget,
+    /// The `ParameterStatus` values PostgreSQL sent at login.
+    pub params: Arc<Vec<(String, String)>>,
+    /// The tenant context this server is known to carry.
+    pub context: Option<Arc<TenantContext>>,
+    /// A client may have changed session state: `DISCARD ALL` before the next use.
+    pub needs_reset: bool,
+    pub idle_since: Instant,
+}
+
+impl Server {
+    fn new(stream: TcpStream, cancel: CancelTarget, params: Vec<(String, String)>) -> Server {
+        Server {
+            stream,
+            id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
+            cancel,
+            params: Arc::new(params),
+            context: None,
+            needs_reset: false,
+            idle_since: Instant::now(),
+        }
+    }
+
+    /// Whether an idle server still looks usable. An idle server must not have
+    /// anything to read: a pending byte is a FATAL (terminated backend) and a
+    /// zero-byte read is EOF. Checking costs a syscall only when tokio already saw
+    /// the socket become readable.
+    pub fn looks_alive(&self) -> bool {
+        let readable = match self.stream.try_io(Interest::READABLE, || Ok(())) {
+            Ok(()) => true,
+            Err(e) => e.kind() != std::io::ErrorKind::WouldBlock,
+        };
+        if !readable {
+            return true;
+        }
+        let mut probe = [0u8; 1];
+        matches!(self.stream.try_read(&mut probe), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock)
+    }
+}

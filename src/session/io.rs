@@ -1,0 +1,67 @@
+//! Reading whole messages and writing errors on the client stream.
+
+use bytes::{Buf, BytesMut};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+
+use crate::error::ClientError;
+use crate::protocol::frame::{FrameError, HEADER_LEN, peek_header};
+
+/// Reads until `buf` starts with one complete message no longer than `max_len`.
+/// Returns its tag and length, or `None` at a clean EOF between messages.
+pub async fn fill_message<S: AsyncRead + Unpin>(
+    stream: &mut S,
+    buf: &mut BytesMut,
+    max_len: usize,
+) -> Result<Option<(u8, usize)>, SessionIoError> {
+    loop {
+        if let Some((tag, len)) = peek_header(buf, max_len)? {
+            if buf.len() >= len {
+                return Ok(Some((tag, len)));
+            }
+            buf.reserve(len - buf.len());
+        } else {
+            buf.reserve(HEADER_LEN);
+        }
+        if stream.read_buf(buf).await? == 0 {
+            return if buf.is_empty() {
+                Ok(None)
+            } else {
+                Err(SessionIoError::Truncated)
+            };
+        }
+    }
+}
+
+/// Reads one whole message and removes it from `buf`: tag and body.
+pub async fn read_message<S: AsyncRead + Unpin>(
+    stream: &mut S,
+    buf: &mut BytesMut,
+    max_len: usize,
+) -> Result<(u8, BytesMut), SessionIoError> {
+    let (tag, len) = fill_message(stream, buf, max_len)
+        .await?
+        .ok_or(SessionIoError::Truncated)?;
+    let mut msg = buf.split_to(len);
+    msg.advance(HEADER_LEN);
+    Ok((tag, msg))
+}
+
+/// Writes a client-facing error. The one way errors reach clients.
+pub async fn send_error<S: AsyncWrite + Unpin>(
+    stream: &mut S,
+    err: &ClientError,
+) -> std::io::Result<()> {
+    let mut buf = BytesMut::new();
+    err.encode(&mut buf);
+    stream.write_all(&buf).await
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SessionIoError {
+    #[error(transparent)]
+    Frame(#[from] FrameError),
+    #[error("connection closed in the middle of a message")]
+    Truncated,
+    #[error(transparent)]
+    Io(#[from] std::io::Error),
+}

@@ -1,0 +1,234 @@
+//! Authentication and tenant resolution, ending with the client's greeting:
+//! `AuthenticationOk`, `ParameterStatus`…, `BackendKeyData`, `ReadyForQuery`.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::{Buf, BytesMut};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+
+use super::io::{SessionIoError, read_message};
+use super::{ClientSlot, Deps, Runtime};
+use crate::auth::{self, AuthError, scram};
+use crate::config::{Secret, Tenant};
+use crate::error::ClientError;
+use crate::pool::Pool;
+use crate::protocol::{TxStatus, build, frame::read_cstr, startup::StartupMessage};
+use crate::tenant::{context::TenantContext, resolve};
+
+/// SASL and password messages are tiny; anything bigger is hostile.
+const MAX_AUTH_MESSAGE: usize = 8192;
+
+#[derive(Debug, thiserror::Error)]
+pub enum LoginError {
+    #[error("{0}")]
+    Refused(ClientError),
+    #[error(transparent)]
+    Io(#[from] SessionIoError),
+}
+
+impl From<ClientError> for LoginError {
+    fn from(e: ClientError) -> Self {
+        LoginError::Refused(e)
+    }
+}
+
+impl From<std::io::Error> for LoginError {
+    fn from(e: std::io::Error) -> Self {
+        LoginError::Io(e.into())
+    }
+}
+
+/// A client that logged in: who it is and where its transactions run.
+pub struct LoggedIn {
+    pub runtime: Arc<Runtime>,
+    pub tenant: Arc<Tenant>,
+    pub tenant_key: Arc<str>,
+    pub pool: Arc<Pool>,
+    pub context: Arc<TenantContext>,
+    /// Held for the session's lifetime: counts toward `max_client_connections`.
+    pub _client_slot: ClientSlot,
+}
+
+pub async fn login<S: AsyncRead + AsyncWrite + Unpin>(
+    stream: &mut S,
+    buf: &mut BytesMut,
+    startup: &StartupMessage,
+    deps: &Deps,
+    cancel_key: (i32, i32),
+) -> Result<LoggedIn, LoginError> {
+    let mut out = BytesMut::new();
+    if startup.needs_negotiation() {
+        build::negotiate_protocol_version(&mut out, &startup.protocol_options);
+        stream.write_all(&out).await?;
+        out.clear();
+    }
+    if startup
+        .get("replication")
+        .is_some_and(|r| r != "false" && r != "0" && r != "off")
+    {
+        return Err(ClientError::unsupported_startup("replication").into());
+    }
+    let runtime = deps.runtime.load_full();
+    let config = &runtime.config;
+    let user = startup.user();
+    let credential = resolve::credential(config, user);
+    authenticate(
+        stream,
+        buf,
+        user,
+        credential.as_ref().map(|c| c.secret),
+        &deps.mock_seed,
+    )
+    .await
+    .map_err(|e| {
+        tracing::info!(user, reason = %e, "authentication failed");
+        match e {
+            LoginError::Refused(_) => LoginError::Refused(ClientError::auth_failed(user)),
+            other => other,
+        }
+    })?;
+    let credential = credential.expect("authentication succeeded, so the user exists");
+
+    let tenant = resolve::tenant(config, &credential.tenant_id)?;
+    let cluster = &config.clusters[&tenant.cluster];
+    if startup.database() != cluster.database {
+        return Err(ClientError::unknown_database(startup.database()).into());
+    }
+    let tier = &config.tiers[&tenant.tier];
+    let client_slot = deps
+        .clients
+        .acquire(&tenant.id, tier.max_client_connections)
+        .ok_or_else(|| ClientError::too_many_clients(&tenant.id, tier.max_client_connections))?;
+    let pool = Arc::clone(
+        runtime
+            .pools
+            .for_tenant(&tenant)
+            .expect("every tenant has a pool"),
+    );
+    let tenant_key: Arc<str> = Arc::from(tenant.id.as_str());
+    let params = server_params(&pool, &tenant_key, tier.queue_timeout).await?;
+
+    build::authentication_ok(&mut out);
+    for (name, value) in params.iter() {
+        let value = match (name.as_str(), startup.get("application_name")) {
+            ("application_name", Some(app)) => app,
+            ("application_name", None) => "",
+            _ => value.as_str(),
+        };
+        build::parameter_status(&mut out, name, value);
+    }
+    build::backend_key_data(&mut out, cancel_key.0, cancel_key.1);
+    build::ready_for_query(&mut out, TxStatus::Idle);
+    stream.write_all(&out).await?;
+
+    let context = Arc::clone(&runtime.contexts[&tenant.id]);
+    Ok(LoggedIn {
+        tenant_key,
+        pool,
+        context,
+        _client_slot: client_slot,
+        tenant,
+        runtime,
+    })
+}
+
+/// The parameters shown at login come from a real server of the tenant's pool;
+/// the first login on a pool opens one to learn them.
+async fn server_params(
+    pool: &Arc<Pool>,
+    tenant: &Arc<str>,
+    wait: std::time::Duration,
+) -> Result<Arc<Vec<(String, String)>>, ClientError> {
+    if let Some(params) = pool.server_params() {
+        return Ok(params);
+    }
+    match pool.checkout(tenant, Instant::now() + wait).await {
+        Ok(mut lease) => {
+            let params = Arc::clone(&lease.server().params);
+            lease.release();
+            Ok(params)
+        }
+        Err(e) => {
+            tracing::warn!(cluster = %pool.cluster.name, error = %e, "no server for a login");
+            Err(ClientError::server_connect_failed(&pool.cluster.name).fatal())
+        }
+    }
+}
+
+/// Runs the exchange for the user's secret kind; unknown users get a mock SCRAM
+/// exchange that always fails, so they look like a wrong password.
+async fn authenticate<S: AsyncRead + AsyncWrite + Unpin>(
+    stream: &mut S,
+    buf: &mut BytesMut,
+    user: &str,
+    secret: Option<&Secret>,
+    mock_seed: &[u8; 32],
+) -> Result<(), LoginError> {
+    let keys = match secret {
+        Some(Secret::Md5 { hash }) => return md5(stream, buf, hash).await,
+        Some(Secret::Scram {
+            iterations,
+            salt,
+            stored_key,
+            server_key,
+        }) => scram::ScramKeys {
+            iterations: *iterations,
+            salt: salt.clone(),
+            stored_key: *stored_key,
+            server_key: *server_key,
+        },
+        None => scram::ScramKeys::mock(mock_seed, user),
+    };
+    let mut out = BytesMut::new();
+    build::authentication_sasl(&mut out, &[scram::MECHANISM]);
+    stream.write_all(&out).await?;
+
+    let mut initial = password_message(stream, buf).await?;
+    let (mechanism, rest) =
+        read_cstr(&initial).ok_or(refused(AuthError::Malformed("SASL mechanism")))?;
+    if mechanism != scram::MECHANISM.as_bytes() || rest.len() < 4 {
+        return Err(refused(AuthError::Malformed("SASL mechanism")));
+    }
+    initial.advance(mechanism.len() + 1 + 4);
+    let (exchange, server_first) = scram::server_first(keys, &initial).map_err(refused)?;
+    out.clear();
+    build::authentication_sasl_continue(&mut out, server_first.as_bytes());
+    stream.write_all(&out).await?;
+
+    let client_final = password_message(stream, buf).await?;
+    let server_final = exchange.finish(&client_final).map_err(refused)?;
+    out.clear();
+    build::authentication_sasl_final(&mut out, server_final.as_bytes());
+    stream.write_all(&out).await?;
+    Ok(())
+}
+
+async fn md5<S: AsyncRead + AsyncWrite + Unpin>(
+    stream: &mut S,
+    buf: &mut BytesMut,
+    hash: &[u8; 32],
+) -> Result<(), LoginError> {
+    let salt: [u8; 4] = rand::random();
+    let mut out = BytesMut::new();
+    build::authentication_md5(&mut out, salt);
+    stream.write_all(&out).await?;
+    let body = password_message(stream, buf).await?;
+    auth::md5::verify(hash, salt, &body).map_err(refused)
+}
+
+async fn password_message<S: AsyncRead + Unpin>(
+    stream: &mut S,
+    buf: &mut BytesMut,
+) -> Result<BytesMut, LoginError> {
+    let (tag, body) = read_message(stream, buf, MAX_AUTH_MESSAGE).await?;
+    if tag != b'p' {
+        return Err(refused(AuthError::Malformed("expected a password message")));
+    }
+    Ok(body)
+}
+
+/// The specific reason is only logged; the caller turns it into 28P01.
+fn refused(e: AuthError) -> LoginError {
+    LoginError::Refused(ClientError::protocol_violation(e))
+}

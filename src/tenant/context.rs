@@ -1,0 +1,144 @@
+//! Tenant → the statements that give a server that tenant's context.
+//!
+//! The context is two simple `Query` messages, pre-encoded once per tenant and
+//! written in front of the client's first message (no extra round trip):
+//!
+//! 1. the tenant setting, `search_path` and `RESET ROLE`. None of these can fail,
+//!    so once it has run the server no longer carries the previous tenant's context;
+//! 2. `SET ROLE`, `statement_timeout` and the tier's settings, which can fail (a
+//!    dropped role, a bad value). If it does, PostgreSQL rolls back only this
+//!    statement group, so the client's pipelined statements run as the login role
+//!    with *this* tenant's setting, never another's; the server is then closed.
+//!
+//! Identifiers and literals are quoted here; names were validated at config load.
+
+use bytes::{Bytes, BytesMut};
+use postgres_protocol::escape::{escape_identifier, escape_literal};
+
+use crate::config::{Tenant, Tier};
+use crate::protocol::build;
+
+/// A tenant's pre-encoded context.
+#[derive(Debug, PartialEq, Eq)]
+pub struct TenantContext {
+    /// The `Query` messages, ready to write.
+    pub wire: Bytes,
+    /// How many `ReadyForQuery` replies they produce (and the relay swallows).
+    pub replies: usize,
+    /// The SQL, kept to compare contexts and for logs.
+    pub sql: Vec<String>,
+}
+
+impl TenantContext {
+    pub fn new(setting: &str, tenant: &Tenant, tier: &Tier) -> TenantContext {
+        let search_path = match &tenant.schema {
+            Some(schema) => format!("{}, public", escape_identifier(schema)),
+            None => "DEFAULT".to_owned(),
+        };
+        let first = format!(
+            "SET {setting} TO {}; SET search_path TO {search_path}; RESET ROLE",
+            escape_literal(&tenant.id)
+        );
+        let mut second = Vec::new();
+        if let Some(role) = &tenant.role {
+            second.push(format!("SET ROLE {}", escape_identifier(role)));
+        }
+        second.push(match tier.statement_timeout {
+            Some(t) => format!("SET statement_timeout TO {}", t.as_millis()),
+            None => "SET statement_timeout TO DEFAULT".to_owned(),
+        });
+        for (name, value) in &tier.settings {
+            second.push(format!("SET {name} TO {}", escape_literal(value)));
+        }
+        let sql = vec![first, second.join("; ")];
+        let mut wire = BytesMut::new();
+        for q in &sql {
+            build::query(&mut wire, q);
+        }
+        TenantContext {
+            wire: wire.freeze(),
+            replies: sql.len(),
+            sql,
+        }
+    }
+}
+
+/// Sent before the context when the previous client may have left session state
+/// behind (see [`super::scan`]); it cannot run inside a transaction block, so it is
+/// a `Query` of its own. It is safe because servers are only released when idle.
+pub fn reset_wire() -> Bytes {
+    let mut b = BytesMut::new();
+    build::query(&mut b, "DISCARD ALL");
+    b.freeze()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    fn tier() -> Tier {
+        Tier {
+            name: "free".into(),
+            pool_size: 1,
+            min_pool_size: 0,
+            max_tenant_share: 1,
+            statement_timeout: Some(Duration::from_millis(200)),
+            queue_timeout: Duration::from_secs(1),
+            max_client_connections: 1,
+            settings: vec![("work_mem".into(), "4MB".into())],
+        }
+    }
+
+    fn tenant(schema: Option<&str>, role: Option<&str>) -> Tenant {
+        Tenant {
+            id: "acme".into(),
+            tier: "free".into(),
+            cluster: "main".into(),
+            disabled: false,
+            schema: schema.map(Into::into),
+            role: role.map(Into::into),
+            dedicated_pool_size: None,
+        }
+    }
+
+    #[test]
+    fn shared_schema_tenant() {
+        let c = TenantContext::new("app.current_tenant", &tenant(None, None), &tier());
+        assert_eq!(
+            c.sql,
+            vec![
+                "SET app.current_tenant TO 'acme'; SET search_path TO DEFAULT; RESET ROLE"
+                    .to_owned(),
+                "SET statement_timeout TO 200; SET work_mem TO '4MB'".to_owned(),
+            ]
+        );
+        assert_eq!(c.replies, 2);
+    }
+
+    #[test]
+    fn schema_and_role_tenant_sets_role_after_the_infallible_part() {
+        let c = TenantContext::new(
+            "app.tenant",
+            &tenant(Some("acme"), Some("acme_role")),
+            &tier(),
+        );
+        assert_eq!(
+            c.sql[0],
+            "SET app.tenant TO 'acme'; SET search_path TO \"acme\", public; RESET ROLE"
+        );
+        assert!(c.sql[1].starts_with("SET ROLE \"acme_role\"; "));
+    }
+
+    #[test]
+    fn values_are_quoted() {
+        let mut t = tier();
+        t.settings = vec![("app.note".into(), "it's".into())];
+        let c = TenantContext::new("app.current_tenant", &tenant(None, None), &t);
+        assert!(
+            c.sql[1].ends_with("SET app.note TO 'it''s'"),
+            "{}",
+            c.sql[1]
+        );
+    }
+}

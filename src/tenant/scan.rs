@@ -1,0 +1,136 @@
+//! A cheap, conservative scan of client SQL for statements that may leave session
+//! state behind (settings, roles, temp tables, LISTEN, cursors WITH HOLD, advisory
+//! locks, DO blocks). A hit marks the server for `DISCARD ALL` before its next use.
+//!
+//! It errs towards hits: a false positive costs one extra reset, a false negative
+//! could carry state to another tenant. Comments are skipped so they cannot hide a
+//! statement's first word; string contents are scanned like code, which only adds
+//! false positives. This is not the escape guard: it decides about resets, not refusals.
+
+/// Words that change session state when they start a statement.
+const LEADING: &[&[u8]] = &[
+    b"set", b"reset", b"discard", b"listen", b"prepare", b"declare", b"do", b"load", b"call",
+];
+/// Words that may change session state wherever they appear.
+const ANYWHERE: &[&[u8]] = &[
+    b"set_config",
+    b"temp",
+    b"temporary",
+    b"authorization",
+    b"hold",
+];
+
+/// Whether `sql` may change state that outlives its transaction.
+pub fn may_change_session(sql: &[u8]) -> bool {
+    let mut i = 0;
+    let mut statement_start = true;
+    while i < sql.len() {
+        let c = sql[i];
+        if c == b'-' && sql.get(i + 1) == Some(&b'-') {
+            i = sql[i..]
+                .iter()
+                .position(|&b| b == b'\n')
+                .map_or(sql.len(), |p| i + p);
+        } else if c == b'/' && sql.get(i + 1) == Some(&b'*') {
+            i = skip_block_comment(sql, i);
+        } else if c == b';' {
+            statement_start = true;
+            i += 1;
+        } else if is_word_byte(c) {
+            let end = sql[i..]
+                .iter()
+                .position(|&b| !is_word_byte(b))
+                .map_or(sql.len(), |p| i + p);
+            let word = &sql[i..end];
+            if (statement_start && LEADING.iter().any(|w| word.eq_ignore_ascii_case(w)))
+                || ANYWHERE.iter().any(|w| word.eq_ignore_ascii_case(w))
+                || contains_ignore_case(word, b"advisory")
+            {
+                return true;
+            }
+            statement_start = false;
+            i = end;
+        } else {
+            if !c.is_ascii_whitespace() && c != b'(' {
+                statement_start = false;
+            }
+            i += 1;
+        }
+    }
+    false
+}
+
+fn is_word_byte(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b == b'_' || b >= 0x80
+}
+
+/// Block comments nest in PostgreSQL.
+fn skip_block_comment(sql: &[u8], mut i: usize) -> usize {
+    let mut depth = 0;
+    while i < sql.len() {
+        if sql[i] == b'/' && sql.get(i + 1) == Some(&b'*') {
+            depth += 1;
+            i += 2;
+        } else if sql[i] == b'*' && sql.get(i + 1) == Some(&b'/') {
+            depth -= 1;
+            i += 2;
+            if depth == 0 {
+                return i;
+            }
+        } else {
+            i += 1;
+        }
+    }
+    i
+}
+
+fn contains_ignore_case(word: &[u8], needle: &[u8]) -> bool {
+    word.len() >= needle.len()
+        && word
+            .windows(needle.len())
+            .any(|w| w.eq_ignore_ascii_case(needle))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ordinary_statements_are_clean() {
+        for sql in [
+            "SELECT abalance FROM pgbench_accounts WHERE aid = 1;",
+            "UPDATE pgbench_accounts SET abalance = abalance + 1 WHERE aid = 2",
+            "INSERT INTO t VALUES (1) ON CONFLICT (id) DO UPDATE SET x = 1",
+            "BEGIN; SELECT 1; COMMIT",
+            "select * from settings",
+            "COPY t FROM STDIN",
+        ] {
+            assert!(!may_change_session(sql.as_bytes()), "{sql}");
+        }
+    }
+
+    #[test]
+    fn session_changes_are_found_however_written() {
+        for sql in [
+            "SET work_mem = '1GB'",
+            "  set SESSION app.current_tenant = 'b'",
+            "SELECT 1; SET search_path = public",
+            "/* hello */ SET ROLE admin",
+            "/* a /* nested */ comment */ RESET ALL",
+            "-- comment\nDISCARD ALL",
+            "select pg_catalog.set_config('app.current_tenant', 'b', false)",
+            "SELECT \"set_config\"('x', 'y', false)",
+            "CREATE TEMP TABLE x (a int)",
+            "create temporary table x (a int)",
+            "LISTEN chan",
+            "PREPARE p AS SELECT 1",
+            "DECLARE c CURSOR WITH HOLD FOR SELECT 1",
+            "SELECT pg_advisory_lock(1)",
+            "DO $$ BEGIN PERFORM 1; END $$",
+            "(SET x = 1)",
+            "SET SESSION AUTHORIZATION bob",
+        ] {
+            assert!(may_change_session(sql.as_bytes()), "{sql}");
+        }
+    }
+}
