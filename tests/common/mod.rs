@@ -1,0 +1,228 @@
+//! Test harness: one real PostgreSQL per test binary (initdb in a temp dir, the
+//! demo's multi-tenant schema, extra roles for server-auth tests), a fresh
+//! database per test cloned from a template, and a proxy per test started
+//! in-process on port 0 with its own config. No mocks.
+#![allow(dead_code)] // each test binary uses a different part of the harness
+
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicU32, Ordering};
+
+use pgtenant::demo::{self, TempPostgres};
+use tokio::sync::oneshot;
+use tokio_postgres::{Client, NoTls};
+
+pub const BACKEND_PASSWORD: &str = "backend-pw";
+pub const MD5_BACKEND_PASSWORD: &str = "md5-backend-pw";
+pub const APP_PASSWORD: &str = demo::APP_PASSWORD;
+const TEMPLATE: &str = "saas_template";
+
+pub struct Pg {
+    pub pg: TempPostgres,
+}
+
+/// The binary's PostgreSQL, started on first use. A missing PostgreSQL is a
+/// failure that says how to install it, never a skip.
+pub fn pg() -> &'static Pg {
+    static PG: OnceLock<Pg> = OnceLock::new();
+    PG.get_or_init(|| {
+        let pg = TempPostgres::start(&[
+            "host all pgtenant_md5 127.0.0.1/32 md5",
+            "host all pgtenant_trust 127.0.0.1/32 trust",
+        ])
+        .unwrap_or_else(|e| panic!("cannot start the test PostgreSQL: {e:#}"));
+        demo::seed(&pg, BACKEND_PASSWORD).expect("seeding the demo schema");
+        pg.psql(
+            "postgres",
+            &format!(
+                "SET password_encryption = 'md5';
+                 CREATE ROLE pgtenant_md5 LOGIN NOINHERIT PASSWORD '{MD5_BACKEND_PASSWORD}';
+                 RESET password_encryption;
+                 CREATE ROLE pgtenant_trust LOGIN NOINHERIT;
+                 CREATE ROLE pgtenant_bypass LOGIN BYPASSRLS PASSWORD '{BACKEND_PASSWORD}';
+                 GRANT tenant_globex TO pgtenant_md5, pgtenant_trust, pgtenant_bypass;
+                 ALTER DATABASE {db} RENAME TO {TEMPLATE};",
+                db = demo::DATABASE
+            ),
+        )
+        .expect("creating test roles");
+        Pg { pg }
+    })
+}
+
+impl Pg {
+    /// A fresh copy of the seeded database, so tests can count connections and
+    /// take locks without seeing each other.
+    pub fn database(&self, prefix: &str) -> String {
+        static N: AtomicU32 = AtomicU32::new(0);
+        let name = format!("{prefix}_{}", N.fetch_add(1, Ordering::Relaxed));
+        self.pg
+            .psql(
+                "postgres",
+                &format!("CREATE DATABASE {name} TEMPLATE {TEMPLATE} OWNER saas_owner"),
+            )
+            .expect("cloning the template database");
+        name
+    }
+
+    pub fn psql(&self, db: &str, sql: &str) -> String {
+        self.pg.psql(db, sql).unwrap_or_else(|e| panic!("{e:#}"))
+    }
+
+    /// A superuser connection straight to PostgreSQL, over its Unix socket.
+    pub async fn superuser(&self, db: &str) -> Client {
+        let (client, conn) = tokio_postgres::Config::new()
+            .host_path(self.pg.dir())
+            .port(self.pg.port())
+            .user("postgres")
+            .dbname(db)
+            .connect(NoTls)
+            .await
+            .expect("superuser connection");
+        tokio::spawn(conn);
+        client
+    }
+}
+
+/// Tiers used unless a test brings its own.
+pub const TIERS: &str = "
+  free:       { pool_size: 2, max_tenant_share: 1, statement_timeout: 5s, queue_timeout: 2s }
+  growth:     { pool_size: 3, max_tenant_share: 2, settings: { work_mem: 8MB } }
+  enterprise: { pool_size: 2 }
+";
+
+/// The demo tenants, all on cluster `main`, with the given tiers.
+pub fn tenants(acme: &str, umbrella: &str, initech: &str, globex: &str) -> String {
+    format!(
+        "
+  acme:     {{ tier: {acme}, cluster: main }}
+  umbrella: {{ tier: {umbrella}, cluster: main }}
+  initech:  {{ tier: {initech}, cluster: main }}
+  globex:   {{ tier: {globex}, cluster: main, schema: globex, role: tenant_globex }}
+  closed:   {{ tier: {acme}, cluster: main, status: disabled }}
+"
+    )
+}
+
+/// A whole config: cluster `main` on `db`, the shared user `app`, and the given
+/// tiers and tenants (YAML mapping bodies).
+pub fn config(db: &str, tiers: &str, tenants: &str) -> String {
+    let pg = pg();
+    let app = postgres_protocol::password::scram_sha_256(APP_PASSWORD.as_bytes());
+    format!(
+        "listen: 127.0.0.1:0
+resolution:
+  username_separator: \".\"
+  shared_users:
+    app: {{ password: \"{app}\" }}
+clusters:
+  main:
+    host: 127.0.0.1
+    port: {port}
+    database: {db}
+    user: pgtenant_app
+    password: ${{TEST_BACKEND_PASSWORD}}
+    max_server_connections: 50
+tiers:{tiers}
+tenants:{tenants}",
+        port = pg.pg.port()
+    )
+}
+
+pub struct Proxy {
+    pub port: u16,
+    pub deps: std::sync::Arc<pgtenant::session::Deps>,
+    stop: Option<oneshot::Sender<()>>,
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+    }
+}
+
+pub fn env(name: &str) -> Option<String> {
+    match name {
+        "TEST_BACKEND_PASSWORD" => Some(BACKEND_PASSWORD.to_owned()),
+        "TEST_MD5_PASSWORD" => Some(MD5_BACKEND_PASSWORD.to_owned()),
+        _ => None,
+    }
+}
+
+/// Starts a proxy in-process on a free port.
+pub async fn start(yaml: &str) -> Proxy {
+    let config = pgtenant::config::parse(yaml, &env)
+        .unwrap_or_else(|e| panic!("test config invalid:\n{e}\n{yaml}"));
+    let proxy = pgtenant::app::Proxy::bind(config)
+        .await
+        .expect("proxy starts");
+    let port = proxy.local_addr().port();
+    let deps = std::sync::Arc::clone(proxy.deps());
+    let (tx, rx) = oneshot::channel();
+    tokio::spawn(proxy.run(async {
+        let _ = rx.await;
+    }));
+    Proxy {
+        port,
+        deps,
+        stop: Some(tx),
+    }
+}
+
+impl Proxy {
+    pub fn url(&self, user: &str, db: &str) -> String {
+        format!(
+            "host=127.0.0.1 port={} user={user} password={APP_PASSWORD} dbname={db}",
+            self.port
+        )
+    }
+
+    /// Logs in as `app.<tenant>`.
+    pub async fn connect(&self, tenant: &str, db: &str) -> Client {
+        self.try_connect(&format!("app.{tenant}"), APP_PASSWORD, db)
+            .await
+            .expect("client connects")
+    }
+
+    pub async fn try_connect(
+        &self,
+        user: &str,
+        password: &str,
+        db: &str,
+    ) -> Result<Client, tokio_postgres::Error> {
+        let (client, conn) = tokio_postgres::Config::new()
+            .host("127.0.0.1")
+            .port(self.port)
+            .user(user)
+            .password(password)
+            .dbname(db)
+            .connect(NoTls)
+            .await?;
+        tokio::spawn(conn);
+        Ok(client)
+    }
+}
+
+/// The SQLSTATE of a failed call.
+pub fn code(e: &tokio_postgres::Error) -> String {
+    e.as_db_error()
+        .map(|d| d.code().code().to_owned())
+        .unwrap_or_else(|| format!("not a database error: {e}"))
+}
+
+/// One text value from a simple query.
+pub async fn one(client: &Client, sql: &str) -> String {
+    let rows = client
+        .simple_query(sql)
+        .await
+        .unwrap_or_else(|e| panic!("{sql}: {e}"));
+    rows.iter()
+        .find_map(|m| match m {
+            tokio_postgres::SimpleQueryMessage::Row(r) => {
+                Some(r.get(0).unwrap_or("NULL").to_owned())
+            }
+            _ => None,
+        })
+        .unwrap_or_else(|| panic!("{sql}: no row"))
+}

@@ -1,0 +1,346 @@
+//! Transaction pooling against a real PostgreSQL: isolation under sharing,
+//! dirty servers, pool limits, fairness, timeouts, cancel.
+
+mod common;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use common::{TIERS, code, config, one, pg, start, tenants};
+
+/// All four tenants share one pool of one server: every statement must still
+/// see only its tenant's rows, its own setting, and (for the schema tenant) its
+/// own schema through its role.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tenants_sharing_one_server_each_see_only_their_own_rows() {
+    let db = pg().database("iso");
+    let tiers = "\n  one: { pool_size: 1, queue_timeout: 30s }";
+    let proxy = Arc::new(start(&config(&db, tiers, &tenants("one", "one", "one", "one"))).await);
+    let mut tasks = Vec::new();
+    for tenant in ["acme", "umbrella", "initech", "globex"] {
+        for _ in 0..4 {
+            let (proxy, db) = (Arc::clone(&proxy), db.clone());
+            tasks.push(tokio::spawn(async move {
+                let client = proxy.connect(tenant, &db).await;
+                for _ in 0..10 {
+                    let seen = one(
+                        &client,
+                        "SELECT current_setting('app.current_tenant') || ':' || \
+                         (SELECT string_agg(DISTINCT tenant_id, ',') FROM public.products) || ':' || current_user",
+                    )
+                    .await;
+                    let role = if tenant == "globex" { "tenant_globex" } else { "pgtenant_app" };
+                    assert_eq!(seen, format!("{tenant}:{tenant}:{role}"));
+                    // Interleave explicit transactions with autocommit statements.
+                    client.batch_execute("BEGIN").await.unwrap();
+                    let in_tx = one(&client, "SELECT count(*) FROM public.offers").await;
+                    assert_eq!(in_tx, "2", "{tenant} sees other tenants' offers");
+                    client.batch_execute("COMMIT").await.unwrap();
+                    if tenant == "globex" {
+                        assert_eq!(one(&client, "SELECT string_agg(sku, ',' ORDER BY sku) FROM products").await, "GX-1,GX-2");
+                    } else {
+                        let err = client.simple_query("SELECT * FROM globex.products").await.unwrap_err();
+                        assert_eq!(code(&err), "42501", "{tenant} read another tenant's schema");
+                    }
+                }
+            }));
+        }
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+}
+
+/// A client that disappears inside `BEGIN; UPDATE …` must not hand its open
+/// transaction (or its row lock) to the next tenant on that server.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_killed_mid_transaction_never_returns_its_server_dirty() {
+    let db = pg().database("kill");
+    let tiers = "\n  one: { pool_size: 1, queue_timeout: 10s }";
+    let proxy = start(&config(&db, tiers, &tenants("one", "one", "one", "one"))).await;
+    for drop_kind in ["terminate", "eof"] {
+        let (client, conn) = tokio_postgres::Config::new()
+            .host("127.0.0.1")
+            .port(proxy.port)
+            .user("app.acme")
+            .password(common::APP_PASSWORD)
+            .dbname(&db)
+            .connect(tokio_postgres::NoTls)
+            .await
+            .unwrap();
+        let conn = tokio::spawn(conn);
+        client
+            .batch_execute(
+                "BEGIN; UPDATE products SET price = price + 1 WHERE name = 'acme widget'",
+            )
+            .await
+            .unwrap();
+        match drop_kind {
+            // Dropping the client sends Terminate; aborting the task just closes the socket.
+            "terminate" => drop(client),
+            _ => {
+                conn.abort();
+                drop(client);
+            }
+        }
+        let next = proxy.connect("umbrella", &db).await;
+        let state = one(
+            &next,
+            "SELECT current_setting('app.current_tenant') || ':' || (now() = statement_timestamp())",
+        )
+        .await;
+        assert_eq!(
+            state, "umbrella:true",
+            "next tenant inherited a transaction ({drop_kind})"
+        );
+        let su = pg().superuser(&db).await;
+        let row = su
+            .query_one(
+                "SELECT price::text FROM products WHERE name = 'acme widget' FOR UPDATE NOWAIT",
+                &[],
+            )
+            .await
+            .unwrap_or_else(|e| panic!("row lock survived ({drop_kind}): {e}"));
+        let price: String = row.get(0);
+        assert_eq!(
+            price, "10.00",
+            "the dead client's update was committed ({drop_kind})"
+        );
+    }
+}
+
+/// Twenty clients on a pool of two: PostgreSQL never sees more than two
+/// connections from the proxy, and every transaction completes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pool_of_two_serves_twenty_clients_with_two_connections() {
+    let db = pg().database("size");
+    let tiers = "\n  two: { pool_size: 2, queue_timeout: 30s }";
+    let proxy = Arc::new(start(&config(&db, tiers, &tenants("two", "two", "two", "two"))).await);
+    let su = pg().superuser(&db).await;
+    let done = Arc::new(AtomicU64::new(0));
+    let mut tasks = Vec::new();
+    for i in 0..20 {
+        let (proxy, db, done) = (Arc::clone(&proxy), db.clone(), Arc::clone(&done));
+        let tenant = ["acme", "umbrella", "initech", "globex"][i % 4];
+        tasks.push(tokio::spawn(async move {
+            let client = proxy.connect(tenant, &db).await;
+            for _ in 0..5 {
+                client
+                    .batch_execute("BEGIN; SELECT pg_sleep(0.01); COMMIT")
+                    .await
+                    .unwrap();
+                done.fetch_add(1, Ordering::Relaxed);
+            }
+        }));
+    }
+    let mut most = 0i64;
+    while done.load(Ordering::Relaxed) < 100 {
+        let row = su
+            .query_one(
+                "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND usename = 'pgtenant_app'",
+                &[],
+            )
+            .await
+            .unwrap();
+        most = most.max(row.get(0));
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        if tasks.iter().all(|t| t.is_finished()) {
+            break;
+        }
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    assert_eq!(done.load(Ordering::Relaxed), 100);
+    assert!(most <= 2, "saw {most} server connections for a pool of 2");
+    assert!(most >= 1, "the monitor never saw a server connection");
+}
+
+/// One tenant with fifty queued clients must not hold another tenant's single
+/// client back by more than about one transaction.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_noisy_tenant_does_not_starve_a_quiet_one() {
+    let db = pg().database("fair");
+    let tiers = "\n  one: { pool_size: 1, queue_timeout: 60s }";
+    let proxy = Arc::new(start(&config(&db, tiers, &tenants("one", "one", "one", "one"))).await);
+    let noisy_done = Arc::new(AtomicU64::new(0));
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut noisy = Vec::new();
+    for _ in 0..50 {
+        let (proxy, db, done, stop) = (
+            Arc::clone(&proxy),
+            db.clone(),
+            Arc::clone(&noisy_done),
+            Arc::clone(&stop),
+        );
+        noisy.push(tokio::spawn(async move {
+            let client = proxy.connect("acme", &db).await;
+            while !stop.load(Ordering::Relaxed) {
+                client.batch_execute("SELECT pg_sleep(0.01)").await.unwrap();
+                done.fetch_add(1, Ordering::Relaxed);
+            }
+        }));
+    }
+    let quiet = proxy.connect("umbrella", &db).await;
+    // Let the noisy tenant fill the queue.
+    while noisy_done.load(Ordering::Relaxed) < 60 {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let mut worst = 0;
+    for _ in 0..5 {
+        let before = noisy_done.load(Ordering::Relaxed);
+        quiet.batch_execute("SELECT 1").await.unwrap();
+        worst = worst.max(noisy_done.load(Ordering::Relaxed) - before);
+    }
+    stop.store(true, Ordering::Relaxed);
+    for t in noisy {
+        t.await.unwrap();
+    }
+    // The one running when we queued, plus at most one more taking its turn.
+    assert!(
+        worst <= 3,
+        "quiet tenant waited behind {worst} noisy transactions"
+    );
+}
+
+/// The tier's statement_timeout is set on the server and cancels long queries;
+/// the session goes on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tier_statement_timeout_cancels_and_the_session_survives() {
+    let db = pg().database("stmt");
+    let tiers = "\n  quick: { pool_size: 1, statement_timeout: 200ms }";
+    let proxy = start(&config(
+        &db,
+        tiers,
+        &tenants("quick", "quick", "quick", "quick"),
+    ))
+    .await;
+    let client = proxy.connect("acme", &db).await;
+    let started = Instant::now();
+    let err = client.simple_query("SELECT pg_sleep(1)").await.unwrap_err();
+    assert_eq!(code(&err), "57014");
+    assert!(started.elapsed() < Duration::from_millis(900));
+    assert_eq!(one(&client, "SHOW statement_timeout").await, "200ms");
+    assert_eq!(one(&client, "SELECT 41 + 1").await, "42");
+}
+
+/// A transaction that waits longer than queue_timeout gets 53300 naming the
+/// tier, and the session stays usable once the pool frees up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn queue_timeout_fails_the_statement_not_the_session() {
+    let db = pg().database("queue");
+    let tiers = "\n  tiny: { pool_size: 1, queue_timeout: 200ms }";
+    let proxy = start(&config(
+        &db,
+        tiers,
+        &tenants("tiny", "tiny", "tiny", "tiny"),
+    ))
+    .await;
+    let holder = proxy.connect("acme", &db).await;
+    holder.batch_execute("BEGIN").await.unwrap();
+    let waiter = proxy.connect("umbrella", &db).await;
+    let err = waiter.simple_query("SELECT 1").await.unwrap_err();
+    assert_eq!(code(&err), "53300");
+    assert!(
+        err.as_db_error().unwrap().message().contains("\"tiny\""),
+        "{err}"
+    );
+    // Extended protocol too: the error, then the session resynchronises at Sync.
+    let err = waiter
+        .query_typed(
+            "SELECT $1::int",
+            &[(&1i32, tokio_postgres::types::Type::INT4)],
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(code(&err), "53300");
+    holder.batch_execute("COMMIT").await.unwrap();
+    assert_eq!(
+        one(&waiter, "SELECT current_setting('app.current_tenant')").await,
+        "umbrella"
+    );
+    let stats = proxy
+        .deps
+        .runtime
+        .load()
+        .pools
+        .iter()
+        .map(|(_, p)| p.stats().waiting)
+        .sum::<u32>();
+    assert_eq!(stats, 0, "timed-out waiters were left in the queue");
+}
+
+/// A cancel from the client reaches the server running its query.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancel_request_reaches_the_running_query() {
+    let db = pg().database("cancel");
+    let proxy = start(&config(
+        &db,
+        TIERS,
+        &tenants("free", "free", "growth", "enterprise"),
+    ))
+    .await;
+    let client = proxy.connect("initech", &db).await;
+    let token = client.cancel_token();
+    let started = Instant::now();
+    let canceller = tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        token.cancel_query(tokio_postgres::NoTls).await.unwrap();
+    });
+    let err = client
+        .simple_query("SELECT pg_sleep(10)")
+        .await
+        .unwrap_err();
+    canceller.await.unwrap();
+    assert_eq!(code(&err), "57014");
+    assert!(started.elapsed() < Duration::from_secs(5));
+    assert_eq!(one(&client, "SELECT 1").await, "1");
+}
+
+/// Session state a client leaves behind (SET, temp tables) is wiped before the
+/// server serves anyone else.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn session_state_never_leaks_to_the_next_client() {
+    let db = pg().database("leak");
+    let tiers = "\n  one: { pool_size: 1, statement_timeout: 3s }";
+    let proxy = start(&config(&db, tiers, &tenants("one", "one", "one", "one"))).await;
+    let a = proxy.connect("acme", &db).await;
+    a.batch_execute(
+        "SET work_mem = '77MB'; SET statement_timeout = 0; CREATE TEMP TABLE scratch (x int)",
+    )
+    .await
+    .unwrap();
+    let b = proxy.connect("acme", &db).await;
+    assert_eq!(one(&b, "SHOW work_mem").await, "4MB");
+    assert_eq!(one(&b, "SHOW statement_timeout").await, "3s");
+    assert_eq!(
+        one(
+            &b,
+            "SELECT count(*) FROM pg_tables WHERE tablename = 'scratch'"
+        )
+        .await,
+        "0"
+    );
+    assert_eq!(
+        one(&b, "SELECT current_setting('app.current_tenant')").await,
+        "acme"
+    );
+}
+
+/// An idle server that died (terminated by an admin) is replaced, never handed out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dead_idle_server_is_replaced() {
+    let db = pg().database("dead");
+    let tiers = "\n  one: { pool_size: 1 }";
+    let proxy = start(&config(&db, tiers, &tenants("one", "one", "one", "one"))).await;
+    let client = proxy.connect("acme", &db).await;
+    let first = one(&client, "SELECT pg_backend_pid()").await;
+    let su = pg().superuser(&db).await;
+    su.execute(&format!("SELECT pg_terminate_backend({first})"), &[])
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let second = one(&client, "SELECT pg_backend_pid()").await;
+    assert_ne!(first, second);
+}
