@@ -1,0 +1,424 @@
+//! Logins and configuration through the real proxy: client auth (SCRAM, md5),
+//! tenant resolution errors, client caps, server auth methods, two clusters,
+//! the RLS start-up check, and the CLI.
+
+mod common;
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use common::{APP_PASSWORD, TIERS, code, config, one, pg, start, tenants};
+
+fn with_user(db: &str, user_yaml: &str) -> String {
+    config(db, TIERS, &tenants("free", "free", "growth", "enterprise")).replace(
+        "  acme:     { tier: free, cluster: main }",
+        &format!("  acme:\n    tier: free\n    cluster: main\n    users:\n{user_yaml}"),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failed_logins_get_postgres_errors() {
+    let db = pg().database("auth");
+    let proxy = start(&config(
+        &db,
+        TIERS,
+        &tenants("free", "free", "growth", "enterprise"),
+    ))
+    .await;
+    let cases = [
+        (
+            "app.acme",
+            "wrong",
+            db.as_str(),
+            "28P01",
+            "password authentication failed for user \"app.acme\"",
+        ),
+        (
+            "nobody",
+            APP_PASSWORD,
+            db.as_str(),
+            "28P01",
+            "password authentication failed for user \"nobody\"",
+        ),
+        (
+            "app.nobody",
+            APP_PASSWORD,
+            db.as_str(),
+            "28000",
+            "tenant \"nobody\" does not exist",
+        ),
+        (
+            "app.closed",
+            APP_PASSWORD,
+            db.as_str(),
+            "28000",
+            "tenant \"closed\" is disabled",
+        ),
+        (
+            "app.acme",
+            APP_PASSWORD,
+            "elsewhere",
+            "3D000",
+            "database \"elsewhere\" does not exist",
+        ),
+    ];
+    for (user, password, database, sqlstate, message) in cases {
+        let err = proxy
+            .try_connect(user, password, database)
+            .await
+            .err()
+            .unwrap_or_else(|| panic!("{user} logged in"));
+        assert_eq!(code(&err), sqlstate, "{user}");
+        assert_eq!(err.as_db_error().unwrap().message(), message);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tenant_user_with_md5_secret_logs_in() {
+    let db = pg().database("md5");
+    let secret = postgres_protocol::password::md5(b"acme-pw", "acme_admin");
+    let proxy = start(&with_user(
+        &db,
+        &format!("      acme_admin: {{ password: \"{secret}\" }}\n"),
+    ))
+    .await;
+    let client = proxy
+        .try_connect("acme_admin", "acme-pw", &db)
+        .await
+        .unwrap();
+    assert_eq!(
+        one(&client, "SELECT current_setting('app.current_tenant')").await,
+        "acme"
+    );
+    let err = proxy
+        .try_connect("acme_admin", "nope", &db)
+        .await
+        .err()
+        .unwrap();
+    assert_eq!(code(&err), "28P01");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tenant_over_its_client_cap_is_refused() {
+    let db = pg().database("cap");
+    let tiers = "\n  capped: { pool_size: 2, max_client_connections: 2 }";
+    let proxy = start(&config(
+        &db,
+        tiers,
+        &tenants("capped", "capped", "capped", "capped"),
+    ))
+    .await;
+    let a = proxy.connect("acme", &db).await;
+    let _b = proxy.connect("acme", &db).await;
+    let err = proxy
+        .try_connect("app.acme", APP_PASSWORD, &db)
+        .await
+        .err()
+        .unwrap();
+    assert_eq!(code(&err), "53300");
+    // Other tenants have their own count, and a closed client frees its place.
+    let _u = proxy.connect("umbrella", &db).await;
+    drop(a);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while proxy.deps.clients.get("acme") > 1 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    proxy.connect("acme", &db).await;
+}
+
+/// The proxy logs in to PostgreSQL with md5 and with trust as well as SCRAM.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn server_logins_with_md5_and_trust() {
+    let db = pg().database("srvauth");
+    for (user, password) in [
+        ("pgtenant_md5", "    password: ${TEST_MD5_PASSWORD}\n"),
+        ("pgtenant_trust", ""),
+    ] {
+        let yaml = config(&db, TIERS, &tenants("free", "free", "growth", "enterprise")).replace(
+            "    user: pgtenant_app\n    password: ${TEST_BACKEND_PASSWORD}\n",
+            &format!("    user: {user}\n{password}"),
+        );
+        let proxy = start(&yaml).await;
+        let client = proxy.connect("globex", &db).await;
+        assert_eq!(
+            one(&client, "SELECT session_user || '/' || current_user").await,
+            format!("{user}/tenant_globex")
+        );
+    }
+}
+
+/// Tenants on two clusters (here two databases) run on their own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tenants_on_two_clusters() {
+    let (main_db, eu_db) = (pg().database("main"), pg().database("eu"));
+    let yaml = config(&main_db, TIERS, &tenants("free", "free", "growth", "enterprise"))
+        .replace(
+            "tiers:",
+            &format!(
+                "  eu:\n    host: 127.0.0.1\n    port: {}\n    database: {eu_db}\n    user: pgtenant_app\n    password: ${{TEST_BACKEND_PASSWORD}}\n    max_server_connections: 5\ntiers:",
+                pg().pg.port()
+            ),
+        )
+        .replace("  umbrella: { tier: free, cluster: main }", "  umbrella: { tier: free, cluster: eu }");
+    let proxy = start(&yaml).await;
+    let acme = proxy.connect("acme", &main_db).await;
+    let umbrella = proxy.connect("umbrella", &eu_db).await;
+    assert_eq!(one(&acme, "SELECT current_database()").await, main_db);
+    assert_eq!(one(&umbrella, "SELECT current_database()").await, eu_db);
+    // Each tenant must use its own cluster's database name.
+    let err = proxy
+        .try_connect("app.umbrella", APP_PASSWORD, &main_db)
+        .await
+        .err()
+        .unwrap();
+    assert_eq!(code(&err), "3D000");
+}
+
+/// A cluster that cannot be reached: the client is told which, and the proxy
+/// keeps serving other clusters.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unreachable_cluster_gives_08001_naming_it() {
+    let db = pg().database("down");
+    let closed_port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let yaml = config(&db, TIERS, &tenants("free", "free", "growth", "enterprise"))
+        .replace(
+            "tiers:",
+            &format!(
+                "  down:\n    host: 127.0.0.1\n    port: {closed_port}\n    database: gone\n    user: x\n    connect_timeout: 1s\n    max_server_connections: 5\ntiers:"
+            ),
+        )
+        .replace("  umbrella: { tier: free, cluster: main }", "  umbrella: { tier: free, cluster: down }");
+    let proxy = start(&yaml).await;
+    let err = proxy
+        .try_connect("app.umbrella", APP_PASSWORD, "gone")
+        .await
+        .err()
+        .unwrap();
+    assert_eq!(code(&err), "08001");
+    assert!(
+        err.as_db_error().unwrap().message().contains("\"down\""),
+        "{err}"
+    );
+    let acme = proxy.connect("acme", &db).await;
+    assert_eq!(one(&acme, "SELECT 1").await, "1");
+}
+
+/// With require_rls_enforced, a backend role that bypasses RLS stops the proxy
+/// from starting; without it the proxy starts (and warns).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rls_bypassing_role_is_refused_when_required() {
+    let db = pg().database("rls");
+    let yaml = config(&db, TIERS, &tenants("free", "free", "growth", "enterprise"))
+        .replace("user: pgtenant_app", "user: pgtenant_bypass");
+    let strict = yaml.replace(
+        "listen: 127.0.0.1:0",
+        "listen: 127.0.0.1:0\nrequire_rls_enforced: true",
+    );
+    let config = pgtenant::config::parse(&strict, &common::env).unwrap();
+    let err = pgtenant::app::Proxy::bind(config)
+        .await
+        .err()
+        .expect("bypassing role accepted");
+    assert!(err.to_string().contains("BYPASSRLS"), "{err}");
+    let config = pgtenant::config::parse(&yaml, &common::env).unwrap();
+    assert!(pgtenant::app::Proxy::bind(config).await.is_ok());
+    // The demo's own role passes the strict check.
+    let ok = config_strict(&db);
+    assert!(pgtenant::app::Proxy::bind(ok).await.is_ok());
+}
+
+fn config_strict(db: &str) -> pgtenant::config::Config {
+    let yaml = config(db, TIERS, &tenants("free", "free", "growth", "enterprise")).replace(
+        "listen: 127.0.0.1:0",
+        "listen: 127.0.0.1:0\nrequire_rls_enforced: true",
+    );
+    pgtenant::config::parse(&yaml, &common::env).unwrap()
+}
+
+fn pgtenant() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_pgtenant"))
+}
+
+#[test]
+fn check_accepts_the_bundled_config() {
+    let out = pgtenant()
+        .args(["check", concat!(env!("CARGO_MANIFEST_DIR"), "/proxy.yaml")])
+        .env("PGTENANT_BACKEND_PASSWORD", "x")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn check_reports_every_error_with_path_line_and_column() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("bad.yaml");
+    std::fs::write(
+        &path,
+        "listen: 127.0.0.1:6432
+clusters:
+  main: { host: h, database: d, user: u, max_server_connections: 1 }
+tiers:
+  free: { pool_size: 2, statement_timeout: soon }
+tenants:
+  Bad.Id: { tier: gold, cluster: main }
+",
+    )
+    .unwrap();
+    let out = pgtenant().arg("check").arg(&path).output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(stderr.contains("line 5, column"), "{stderr}");
+    std::fs::write(
+        &path,
+        "listen: 127.0.0.1:6432
+clusters:
+  main: { host: h, database: d, user: u, password: '${NOPE_UNSET}', max_server_connections: 1 }
+tiers:
+  free: { pool_size: 2 }
+tenants:
+  Bad.Id: { tier: gold, cluster: main, schema: \"x; drop\" }
+  ok: { tier: free, cluster: nowhere }
+  full: { tier: free, cluster: main }
+",
+    )
+    .unwrap();
+    let out = pgtenant().arg("check").arg(&path).output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    for expected in [
+        "clusters.main.password (line 3, column",
+        "environment variable NOPE_UNSET is not set",
+        "tenants.Bad.Id (line 7, column 3)",
+        "tenants.Bad.Id.tier (line 7, column 19): no tier named \"gold\"",
+        "tenants.Bad.Id.schema (line 7",
+        "tenants.ok.cluster (line 8, column",
+        "clusters.main.max_server_connections (line 3",
+    ] {
+        assert!(
+            stderr.contains(expected),
+            "missing {expected:?} in:\n{stderr}"
+        );
+    }
+}
+
+#[test]
+fn scram_secret_prints_a_verifier_postgres_format() {
+    use std::io::Write;
+    let mut child = pgtenant()
+        .arg("scram-secret")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(b"hunter2\n").unwrap();
+    let out = child.wait_with_output().unwrap();
+    let verifier = String::from_utf8(out.stdout).unwrap();
+    assert!(verifier.starts_with("SCRAM-SHA-256$4096:"), "{verifier}");
+    assert!(pgtenant::config::Secret::parse(verifier.trim()).is_ok());
+}
+
+/// psql and pgbench through the proxy, simple and extended protocol.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn psql_and_pgbench_work_through_the_proxy() {
+    let db = pg().database("bench");
+    let bin = pgtenant::demo::postgres::find_bin().unwrap();
+    pg().psql(
+        &db,
+        "CREATE TABLE pgbench_probe (x int); GRANT SELECT ON pgbench_probe TO PUBLIC",
+    );
+    let init = Command::new(bin.join("pgbench"))
+        .args(["-i", "-s", "1", "-q", "-h"])
+        .arg(pg().pg.dir())
+        .args(["-p", &pg().pg.port().to_string(), "-U", "postgres", &db])
+        .output()
+        .unwrap();
+    assert!(
+        init.status.success(),
+        "{}",
+        String::from_utf8_lossy(&init.stderr)
+    );
+    pg().psql(
+        &db,
+        "GRANT SELECT, UPDATE, INSERT ON ALL TABLES IN SCHEMA public TO PUBLIC",
+    );
+    let proxy = start(&config(
+        &db,
+        TIERS,
+        &tenants("free", "free", "growth", "enterprise"),
+    ))
+    .await;
+    let port = proxy.port.to_string();
+    let psql = tokio::process::Command::new(bin.join("psql"))
+        .args([
+            "-X",
+            "-A",
+            "-t",
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &port,
+            "-U",
+            "app.initech",
+            "-d",
+            &db,
+        ])
+        .args([
+            "-c",
+            "SELECT current_setting('app.current_tenant')",
+            "-c",
+            "SELECT count(*) FROM products",
+        ])
+        .env("PGPASSWORD", APP_PASSWORD)
+        .output()
+        .await
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&psql.stdout),
+        "initech\n2\n",
+        "{}",
+        String::from_utf8_lossy(&psql.stderr)
+    );
+    for mode in ["simple", "extended"] {
+        let out = tokio::process::Command::new(bin.join("pgbench"))
+            .args([
+                "-n",
+                "-S",
+                "-c",
+                "8",
+                "-j",
+                "2",
+                "-T",
+                "2",
+                "-M",
+                mode,
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &port,
+            ])
+            .args(["-U", "app.initech", &db])
+            .env("PGPASSWORD", APP_PASSWORD)
+            .output()
+            .await
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "{mode}: {stdout}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(
+            stdout.contains("number of failed transactions: 0"),
+            "{mode}: {stdout}"
+        );
+    }
+}
