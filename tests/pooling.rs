@@ -60,12 +60,8 @@ async fn client_killed_mid_transaction_never_returns_its_server_dirty() {
     let tiers = "\n  one: { pool_size: 1, queue_timeout: 10s }";
     let proxy = start(&config(&db, tiers, &tenants("one", "one", "one", "one"))).await;
     for drop_kind in ["terminate", "eof"] {
-        let (client, conn) = tokio_postgres::Config::new()
-            .host("127.0.0.1")
-            .port(proxy.port)
-            .user("app.acme")
-            .password(common::APP_PASSWORD)
-            .dbname(&db)
+        let (client, conn) = proxy
+            .client_config("app.acme", common::APP_PASSWORD, &db)
             .connect(tokio_postgres::NoTls)
             .await
             .unwrap();
@@ -343,4 +339,39 @@ async fn dead_idle_server_is_replaced() {
     tokio::time::sleep(Duration::from_millis(200)).await;
     let second = one(&client, "SELECT pg_backend_pid()").await;
     assert_ne!(first, second);
+}
+
+/// Replacing dead idle servers must not leak pool capacity: after both servers
+/// of a pool of two die, two transactions can still run at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replacing_dead_servers_keeps_the_pool_whole() {
+    let db = pg().database("whole");
+    let tiers = "\n  two: { pool_size: 2, max_tenant_share: 2, queue_timeout: 2s }";
+    let proxy = start(&config(&db, tiers, &tenants("two", "two", "two", "two"))).await;
+    let (a, b) = (
+        proxy.connect("acme", &db).await,
+        proxy.connect("acme", &db).await,
+    );
+    a.batch_execute("BEGIN").await.unwrap();
+    b.batch_execute("BEGIN").await.unwrap();
+    let pids = [
+        one(&a, "SELECT pg_backend_pid()").await,
+        one(&b, "SELECT pg_backend_pid()").await,
+    ];
+    a.batch_execute("COMMIT").await.unwrap();
+    b.batch_execute("COMMIT").await.unwrap();
+    let su = pg().superuser(&db).await;
+    for pid in pids {
+        su.execute(&format!("SELECT pg_terminate_backend({pid})"), &[])
+            .await
+            .unwrap();
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(one(&a, "SELECT 1").await, "1");
+    a.batch_execute("BEGIN").await.unwrap();
+    b.batch_execute("BEGIN")
+        .await
+        .expect("the pool lost a server's worth of capacity");
+    a.batch_execute("COMMIT").await.unwrap();
+    b.batch_execute("COMMIT").await.unwrap();
 }

@@ -259,12 +259,8 @@ async fn half_open_login_times_out() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn startup_parameters_do_not_change_the_tenant() {
     let (proxy, db) = proxy_and_db("opts").await;
-    let (client, conn) = tokio_postgres::Config::new()
-        .host("127.0.0.1")
-        .port(proxy.port)
-        .user("app.acme")
-        .password(common::APP_PASSWORD)
-        .dbname(&db)
+    let (client, conn) = proxy
+        .client_config("app.acme", common::APP_PASSWORD, &db)
         .options("-c app.current_tenant=umbrella -c search_path=globex")
         .application_name("'; SET app.current_tenant = 'umbrella")
         .connect(tokio_postgres::NoTls)

@@ -115,8 +115,13 @@ impl Pool {
                 return Ok(lease);
             }
             tracing::info!(server = server.id, pool = %self.settings.label, "idle server died; replacing it");
-            // Take the next idle server under the same lease, or fall through to connect.
-            lease.server = self.lock().idle.pop();
+            // The dead server's capacity is gone; another idle server (already
+            // counted in `open`) can take this lease's place, or we connect anew.
+            let mut inner = self.lock();
+            if let Some(next) = inner.idle.pop() {
+                inner.open -= 1;
+                lease.server = Some(next);
+            }
         }
         let server = server::connect(&self.cluster).await?;
         self.lock().params = Some(Arc::clone(&server.params));

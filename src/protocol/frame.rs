@@ -102,16 +102,20 @@ pub fn read_cstr(buf: &[u8]) -> Option<(&[u8], &[u8])> {
     Some((&buf[..nul], &buf[nul + 1..]))
 }
 
+/// One message with `tag` and `body`, for unit tests.
+#[cfg(test)]
+pub(crate) fn encode(tag: u8, body: &[u8]) -> Vec<u8> {
+    let mut v = vec![tag];
+    v.extend_from_slice(&((body.len() + 4) as i32).to_be_bytes());
+    v.extend_from_slice(body);
+    v
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn msg(tag: u8, body: &[u8]) -> Vec<u8> {
-        let mut v = vec![tag];
-        v.extend_from_slice(&((body.len() + 4) as i32).to_be_bytes());
-        v.extend_from_slice(body);
-        v
-    }
+    use super::encode as msg;
 
     #[test]
     fn frames_stop_at_an_incomplete_message() {

@@ -243,21 +243,20 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Relay<S> {
         };
         self.out.clear();
         let server = lease.server();
-        if server.needs_reset {
+        let wanted = &self.session.context;
+        let reset = server.needs_reset;
+        let send_context = reset
+            || !server
+                .context
+                .as_ref()
+                .is_some_and(|c| Arc::ptr_eq(c, wanted) || c == wanted);
+        if reset {
             self.out.extend_from_slice(&context::reset_wire());
             t.swallow += 1;
-            server.context = None;
-            server.needs_reset = false;
         }
-        let wanted = &self.session.context;
-        if !server
-            .context
-            .as_ref()
-            .is_some_and(|c| Arc::ptr_eq(c, wanted) || c == wanted)
-        {
+        if send_context {
             self.out.extend_from_slice(&wanted.wire);
             t.swallow += wanted.replies;
-            server.context = Some(Arc::clone(wanted));
         }
         let (n, terminated) = t.client_messages(&self.cbuf, self.max_message)?;
         self.out.extend_from_slice(&self.cbuf[..n]);
@@ -265,11 +264,17 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Relay<S> {
         if terminated {
             return Err(RelayError::ClientGone);
         }
+        // Until this write is done, the server's recorded context stays as it was;
+        // any failure from here on closes the server (the lease is dropped).
         server
             .stream
             .write_all(&self.out)
             .await
             .map_err(RelayError::ServerLost)?;
+        if send_context {
+            server.context = Some(Arc::clone(wanted));
+            server.needs_reset = false;
+        }
         self.cancel.slot.attach(server.cancel);
         let result = self.relay(&mut lease, &mut t).await;
         self.cancel.slot.detach();
@@ -393,13 +398,7 @@ fn error_text(body: &[u8]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn msg(tag: u8, body: &[u8]) -> Vec<u8> {
-        let mut v = vec![tag];
-        v.extend_from_slice(&((body.len() + 4) as i32).to_be_bytes());
-        v.extend_from_slice(body);
-        v
-    }
+    use crate::protocol::frame::encode as msg;
 
     fn tracker() -> Tracker {
         Tracker {

@@ -185,18 +185,26 @@ impl Proxy {
             .expect("client connects")
     }
 
+    /// Driver settings for logging in through this proxy.
+    pub fn client_config(&self, user: &str, password: &str, db: &str) -> tokio_postgres::Config {
+        let mut config = tokio_postgres::Config::new();
+        config
+            .host("127.0.0.1")
+            .port(self.port)
+            .user(user)
+            .password(password)
+            .dbname(db);
+        config
+    }
+
     pub async fn try_connect(
         &self,
         user: &str,
         password: &str,
         db: &str,
     ) -> Result<Client, tokio_postgres::Error> {
-        let (client, conn) = tokio_postgres::Config::new()
-            .host("127.0.0.1")
-            .port(self.port)
-            .user(user)
-            .password(password)
-            .dbname(db)
+        let (client, conn) = self
+            .client_config(user, password, db)
             .connect(NoTls)
             .await?;
         tokio::spawn(conn);
