@@ -375,3 +375,37 @@ async fn replacing_dead_servers_keeps_the_pool_whole() {
     a.batch_execute("COMMIT").await.unwrap();
     b.batch_execute("COMMIT").await.unwrap();
 }
+
+/// A tier's min_pool_size servers are opened in the background and kept.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn min_pool_size_servers_are_opened_ahead_of_demand() {
+    let db = pg().database("minpool");
+    let tiers = "\n  warm: { pool_size: 3, min_pool_size: 2 }";
+    let _proxy = start(&config(
+        &db,
+        tiers,
+        &tenants("warm", "warm", "warm", "warm"),
+    ))
+    .await;
+    let su = pg().superuser(&db).await;
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let row = su
+            .query_one(
+                "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND usename = 'pgtenant_app'",
+                &[],
+            )
+            .await
+            .unwrap();
+        let n: i64 = row.get(0);
+        if n == 2 {
+            break;
+        }
+        assert!(n < 2, "opened {n} servers for min_pool_size 2");
+        assert!(
+            Instant::now() < deadline,
+            "min_pool_size servers were not opened"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
