@@ -7,7 +7,7 @@ mod common;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::{APP_PASSWORD, TIERS, code, config, one, pg, start, tenants};
+use common::{APP_PASSWORD, TIERS, code, config, one, pg, start, start_tier, tenants};
 
 fn with_user(db: &str, user_yaml: &str) -> String {
     config(db, TIERS, &tenants("free", "free", "growth", "enterprise")).replace(
@@ -101,13 +101,7 @@ async fn tenant_user_with_md5_secret_logs_in() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tenant_over_its_client_cap_is_refused() {
     let db = pg().database("cap");
-    let tiers = "\n  capped: { pool_size: 2, max_client_connections: 2 }";
-    let proxy = start(&config(
-        &db,
-        tiers,
-        &tenants("capped", "capped", "capped", "capped"),
-    ))
-    .await;
+    let proxy = start_tier(&db, "capped", "{ pool_size: 2, max_client_connections: 2 }").await;
     let a = proxy.connect("acme", &db).await;
     let _b = proxy.connect("acme", &db).await;
     let err = proxy

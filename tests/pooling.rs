@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use common::{TIERS, code, config, one, pg, start, tenants};
+use common::{TIERS, code, config, one, pg, server_connections, start, start_tier, tenants};
 
 /// All four tenants share one pool of one server: every statement must still
 /// see only its tenant's rows, its own setting, and (for the schema tenant) its
@@ -15,8 +15,7 @@ use common::{TIERS, code, config, one, pg, start, tenants};
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tenants_sharing_one_server_each_see_only_their_own_rows() {
     let db = pg().database("iso");
-    let tiers = "\n  one: { pool_size: 1, queue_timeout: 30s }";
-    let proxy = Arc::new(start(&config(&db, tiers, &tenants("one", "one", "one", "one"))).await);
+    let proxy = Arc::new(start_tier(&db, "one", "{ pool_size: 1, queue_timeout: 30s }").await);
     let mut tasks = Vec::new();
     for tenant in ["acme", "umbrella", "initech", "globex"] {
         for _ in 0..4 {
@@ -57,8 +56,7 @@ async fn tenants_sharing_one_server_each_see_only_their_own_rows() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn client_killed_mid_transaction_never_returns_its_server_dirty() {
     let db = pg().database("kill");
-    let tiers = "\n  one: { pool_size: 1, queue_timeout: 10s }";
-    let proxy = start(&config(&db, tiers, &tenants("one", "one", "one", "one"))).await;
+    let proxy = start_tier(&db, "one", "{ pool_size: 1, queue_timeout: 10s }").await;
     for drop_kind in ["terminate", "eof"] {
         let (client, conn) = proxy
             .client_config("app.acme", common::APP_PASSWORD, &db)
@@ -111,8 +109,7 @@ async fn client_killed_mid_transaction_never_returns_its_server_dirty() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pool_of_two_serves_twenty_clients_with_two_connections() {
     let db = pg().database("size");
-    let tiers = "\n  two: { pool_size: 2, queue_timeout: 30s }";
-    let proxy = Arc::new(start(&config(&db, tiers, &tenants("two", "two", "two", "two"))).await);
+    let proxy = Arc::new(start_tier(&db, "two", "{ pool_size: 2, queue_timeout: 30s }").await);
     let su = pg().superuser(&db).await;
     let done = Arc::new(AtomicU64::new(0));
     let mut tasks = Vec::new();
@@ -132,14 +129,7 @@ async fn pool_of_two_serves_twenty_clients_with_two_connections() {
     }
     let mut most = 0i64;
     while done.load(Ordering::Relaxed) < 100 {
-        let row = su
-            .query_one(
-                "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND usename = 'pgtenant_app'",
-                &[],
-            )
-            .await
-            .unwrap();
-        most = most.max(row.get(0));
+        most = most.max(server_connections(&su).await);
         tokio::time::sleep(Duration::from_millis(5)).await;
         if tasks.iter().all(|t| t.is_finished()) {
             break;
@@ -158,8 +148,7 @@ async fn pool_of_two_serves_twenty_clients_with_two_connections() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_noisy_tenant_does_not_starve_a_quiet_one() {
     let db = pg().database("fair");
-    let tiers = "\n  one: { pool_size: 1, queue_timeout: 60s }";
-    let proxy = Arc::new(start(&config(&db, tiers, &tenants("one", "one", "one", "one"))).await);
+    let proxy = Arc::new(start_tier(&db, "one", "{ pool_size: 1, queue_timeout: 60s }").await);
     let noisy_done = Arc::new(AtomicU64::new(0));
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let mut noisy = Vec::new();
@@ -205,13 +194,7 @@ async fn a_noisy_tenant_does_not_starve_a_quiet_one() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tier_statement_timeout_cancels_and_the_session_survives() {
     let db = pg().database("stmt");
-    let tiers = "\n  quick: { pool_size: 1, statement_timeout: 200ms }";
-    let proxy = start(&config(
-        &db,
-        tiers,
-        &tenants("quick", "quick", "quick", "quick"),
-    ))
-    .await;
+    let proxy = start_tier(&db, "quick", "{ pool_size: 1, statement_timeout: 200ms }").await;
     let client = proxy.connect("acme", &db).await;
     let started = Instant::now();
     let err = client.simple_query("SELECT pg_sleep(1)").await.unwrap_err();
@@ -226,13 +209,7 @@ async fn tier_statement_timeout_cancels_and_the_session_survives() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn queue_timeout_fails_the_statement_not_the_session() {
     let db = pg().database("queue");
-    let tiers = "\n  tiny: { pool_size: 1, queue_timeout: 200ms }";
-    let proxy = start(&config(
-        &db,
-        tiers,
-        &tenants("tiny", "tiny", "tiny", "tiny"),
-    ))
-    .await;
+    let proxy = start_tier(&db, "tiny", "{ pool_size: 1, queue_timeout: 200ms }").await;
     let holder = proxy.connect("acme", &db).await;
     holder.batch_execute("BEGIN").await.unwrap();
     let waiter = proxy.connect("umbrella", &db).await;
@@ -299,8 +276,7 @@ async fn cancel_request_reaches_the_running_query() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn session_state_never_leaks_to_the_next_client() {
     let db = pg().database("leak");
-    let tiers = "\n  one: { pool_size: 1, statement_timeout: 3s }";
-    let proxy = start(&config(&db, tiers, &tenants("one", "one", "one", "one"))).await;
+    let proxy = start_tier(&db, "one", "{ pool_size: 1, statement_timeout: 3s }").await;
     let a = proxy.connect("acme", &db).await;
     a.batch_execute(
         "SET work_mem = '77MB'; SET statement_timeout = 0; CREATE TEMP TABLE scratch (x int)",
@@ -328,8 +304,7 @@ async fn session_state_never_leaks_to_the_next_client() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dead_idle_server_is_replaced() {
     let db = pg().database("dead");
-    let tiers = "\n  one: { pool_size: 1 }";
-    let proxy = start(&config(&db, tiers, &tenants("one", "one", "one", "one"))).await;
+    let proxy = start_tier(&db, "one", "{ pool_size: 1 }").await;
     let client = proxy.connect("acme", &db).await;
     let first = one(&client, "SELECT pg_backend_pid()").await;
     let su = pg().superuser(&db).await;
@@ -346,8 +321,12 @@ async fn dead_idle_server_is_replaced() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replacing_dead_servers_keeps_the_pool_whole() {
     let db = pg().database("whole");
-    let tiers = "\n  two: { pool_size: 2, max_tenant_share: 2, queue_timeout: 2s }";
-    let proxy = start(&config(&db, tiers, &tenants("two", "two", "two", "two"))).await;
+    let proxy = start_tier(
+        &db,
+        "two",
+        "{ pool_size: 2, max_tenant_share: 2, queue_timeout: 2s }",
+    )
+    .await;
     let (a, b) = (
         proxy.connect("acme", &db).await,
         proxy.connect("acme", &db).await,
@@ -380,24 +359,11 @@ async fn replacing_dead_servers_keeps_the_pool_whole() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn min_pool_size_servers_are_opened_ahead_of_demand() {
     let db = pg().database("minpool");
-    let tiers = "\n  warm: { pool_size: 3, min_pool_size: 2 }";
-    let _proxy = start(&config(
-        &db,
-        tiers,
-        &tenants("warm", "warm", "warm", "warm"),
-    ))
-    .await;
+    let _proxy = start_tier(&db, "warm", "{ pool_size: 3, min_pool_size: 2 }").await;
     let su = pg().superuser(&db).await;
     let deadline = Instant::now() + Duration::from_secs(5);
     loop {
-        let row = su
-            .query_one(
-                "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND usename = 'pgtenant_app'",
-                &[],
-            )
-            .await
-            .unwrap();
-        let n: i64 = row.get(0);
+        let n = server_connections(&su).await;
         if n == 2 {
             break;
         }

@@ -128,6 +128,28 @@ tenants:{tenants}",
     )
 }
 
+/// A proxy whose tenants all share one tier, `name: { body }`.
+pub async fn start_tier(db: &str, name: &str, body: &str) -> Proxy {
+    start(&config(
+        db,
+        &format!("\n  {name}: {body}"),
+        &tenants(name, name, name, name),
+    ))
+    .await
+}
+
+/// Server connections the proxy holds to `db`, as PostgreSQL sees them.
+pub async fn server_connections(superuser: &Client) -> i64 {
+    superuser
+        .query_one(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND usename = 'pgtenant_app'",
+            &[],
+        )
+        .await
+        .expect("counting server connections")
+        .get(0)
+}
+
 pub struct Proxy {
     pub port: u16,
     pub deps: std::sync::Arc<pgtenant::session::Deps>,
