@@ -375,3 +375,46 @@ async fn min_pool_size_servers_are_opened_ahead_of_demand() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+/// A client that gives up while queued leaves the queue at once, not at its
+/// queue timeout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_gone_while_queued_leaves_no_waiter() {
+    let db = pg().database("gone");
+    let proxy = start_tier(&db, "slow", "{ pool_size: 1, queue_timeout: 60s }").await;
+    let holder = proxy.connect("acme", &db).await;
+    holder.batch_execute("BEGIN").await.unwrap();
+    let (waiter, conn) = proxy
+        .client_config("app.umbrella", common::APP_PASSWORD, &db)
+        .connect(tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    let conn = tokio::spawn(conn);
+    let query = tokio::spawn(async move { waiter.simple_query("SELECT 1").await.map(|_| ()) });
+    let waiting = || {
+        proxy
+            .deps
+            .runtime
+            .load()
+            .pools
+            .iter()
+            .map(|(_, p)| p.stats().waiting)
+            .sum::<u32>()
+    };
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while waiting() == 0 {
+        assert!(Instant::now() < deadline, "the client never queued");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    conn.abort();
+    query.abort();
+    let deadline = Instant::now() + Duration::from_secs(2);
+    while waiting() > 0 {
+        assert!(
+            Instant::now() < deadline,
+            "a vanished client is still queued"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    holder.batch_execute("COMMIT").await.unwrap();
+}

@@ -176,14 +176,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Relay<S> {
                 }
                 _ => {}
             }
-            let tier = &self.session.runtime.config.tiers[&self.session.tenant.tier];
             let started = Instant::now();
-            match self
-                .session
-                .pool
-                .checkout(&self.session.tenant_key, started + tier.queue_timeout)
-                .await
-            {
+            let Some(checkout) = self.checkout(started).await? else {
+                return Ok(());
+            };
+            match checkout {
                 Ok(lease) => self.transaction(lease).await?,
                 Err(CheckoutError::QueueTimeout) => {
                     let label = self.session.pool.settings.label.clone();
@@ -197,6 +194,29 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Relay<S> {
                     tracing::warn!(cluster = %self.session.pool.cluster.name, error = %e, "server connect failed");
                     let err = ClientError::server_connect_failed(&self.session.pool.cluster.name);
                     self.refuse_request(err).await?;
+                }
+            }
+        }
+    }
+
+    /// Waits for a server, reading ahead from the client meanwhile so that a
+    /// client that goes away leaves the queue at once (`None`), not at its
+    /// queue timeout. Read-ahead stops at [`READ_AHEAD_LIMIT`] bytes.
+    async fn checkout(
+        &mut self,
+        started: Instant,
+    ) -> Result<Option<Result<Lease, CheckoutError>>, RelayError> {
+        let pool = Arc::clone(&self.session.pool);
+        let tier = &self.session.runtime.config.tiers[&self.session.tenant.tier];
+        let checkout = pool.checkout(&self.session.tenant_key, started + tier.queue_timeout);
+        tokio::pin!(checkout);
+        loop {
+            tokio::select! {
+                result = &mut checkout => return Ok(Some(result)),
+                read = self.client.read_buf(&mut self.cbuf), if self.cbuf.len() < READ_AHEAD_LIMIT => {
+                    if read.map_err(client_io)? == 0 {
+                        return Ok(None);
+                    }
                 }
             }
         }
@@ -366,6 +386,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Relay<S> {
         Ok(())
     }
 }
+
+/// Most client bytes buffered while waiting for a server.
+const READ_AHEAD_LIMIT: usize = 1 << 20;
 
 /// Keeps room for a large read so big results do not trickle in 64-byte steps.
 fn reserve(buf: &mut BytesMut) {
