@@ -132,7 +132,7 @@ pub struct RawTier {
     pub pool_size: Spanned<u32>,
     /// Server connections kept open even when idle.
     #[serde(default)]
-    pub min_pool_size: u32,
+    pub min_pool_size: Option<Spanned<u32>>,
     /// Most servers one tenant may hold at once in this pool; defaults to pool_size.
     #[serde(default)]
     pub max_tenant_share: Option<Spanned<u32>>,

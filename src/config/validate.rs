@@ -156,6 +156,12 @@ pub(super) fn validate(
     })
 }
 
+fn at_least_one(errs: &mut Errors, path: String, value: &Spanned<u32>) {
+    if value.value == 0 {
+        errs.at(path, value.referenced, "must be at least 1");
+    }
+}
+
 fn secret(errs: &mut Errors, path: &str, password: &Spanned<String>) -> Option<Secret> {
     Secret::parse(&password.value)
         .map_err(|e| errs.at(format!("{path}.password"), password.referenced, e))
@@ -199,13 +205,11 @@ fn cluster(
     env: &dyn Fn(&str) -> Option<String>,
 ) -> Cluster {
     let path = format!("clusters.{name}");
-    if c.max_server_connections.value == 0 {
-        errs.at(
-            format!("{path}.max_server_connections"),
-            c.max_server_connections.referenced,
-            "must be at least 1",
-        );
-    }
+    at_least_one(
+        errs,
+        format!("{path}.max_server_connections"),
+        &c.max_server_connections,
+    );
     if c.database.value.is_empty() {
         errs.at(
             format!("{path}.database"),
@@ -231,17 +235,14 @@ fn cluster(
 
 fn tier(errs: &mut Errors, name: &str, t: &RawTier) -> Tier {
     let path = format!("tiers.{name}");
-    if t.pool_size.value == 0 {
-        errs.at(
-            format!("{path}.pool_size"),
-            t.pool_size.referenced,
-            "must be at least 1",
-        );
-    }
-    if t.min_pool_size > t.pool_size.value {
+    at_least_one(errs, format!("{path}.pool_size"), &t.pool_size);
+    let min_pool_size = t.min_pool_size.as_ref().map_or(0, |m| m.value);
+    if let Some(min) = &t.min_pool_size
+        && min.value > t.pool_size.value
+    {
         errs.at(
             format!("{path}.min_pool_size"),
-            t.pool_size.referenced,
+            min.referenced,
             "must not exceed pool_size",
         );
     }
@@ -276,7 +277,7 @@ fn tier(errs: &mut Errors, name: &str, t: &RawTier) -> Tier {
     Tier {
         name: name.to_owned(),
         pool_size: t.pool_size.value,
-        min_pool_size: t.min_pool_size,
+        min_pool_size,
         max_tenant_share: share,
         statement_timeout: t.statement_timeout.map(|d| d.0),
         queue_timeout: t.queue_timeout.0,
@@ -325,14 +326,8 @@ fn tenant(
             );
         }
     }
-    if let Some(size) = &t.pool_size
-        && size.value == 0
-    {
-        errs.at(
-            format!("{path}.pool_size"),
-            size.referenced,
-            "must be at least 1",
-        );
+    if let Some(size) = &t.pool_size {
+        at_least_one(errs, format!("{path}.pool_size"), size);
     }
     Tenant {
         id: id.value.clone(),
@@ -388,5 +383,92 @@ fn check_cluster_capacity(
                 ),
             );
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::config::parse;
+
+    const BASE: &str = "listen: 127.0.0.1:6432
+clusters:
+  main: { host: h, database: d, user: u, max_server_connections: 10 }
+tiers:
+  free:
+    pool_size: 2
+tenants:
+  acme: { tier: free, cluster: main }
+";
+
+    /// Each broken variant of BASE is reported at the field that is wrong.
+    #[test]
+    fn errors_point_at_the_offending_field() {
+        let cases = [
+            (
+                "    pool_size: 2\n",
+                "    pool_size: 0\n",
+                "tiers.free.pool_size",
+                6,
+            ),
+            (
+                "    pool_size: 2\n",
+                "    pool_size: 2\n    min_pool_size: 3\n",
+                "tiers.free.min_pool_size",
+                7,
+            ),
+            (
+                "    pool_size: 2\n",
+                "    pool_size: 2\n    max_tenant_share: 5\n",
+                "tiers.free.max_tenant_share",
+                7,
+            ),
+            (
+                "    pool_size: 2\n",
+                "    pool_size: 2\n    settings: { search_path: x }\n",
+                "tiers.free.settings.search_path",
+                7,
+            ),
+            (
+                "max_server_connections: 10",
+                "max_server_connections: 1",
+                "clusters.main.max_server_connections",
+                3,
+            ),
+            (
+                "max_server_connections: 10",
+                "max_server_connections: 0",
+                "clusters.main.max_server_connections",
+                3,
+            ),
+            (
+                "cluster: main }",
+                "cluster: main, pool_size: 0 }",
+                "tenants.acme.pool_size",
+                8,
+            ),
+            (
+                "cluster: main }",
+                "cluster: main, role: \"Bad\" }",
+                "tenants.acme.role",
+                8,
+            ),
+            ("acme: {", "a.b: {", "tenants.a.b", 8),
+        ];
+        for (from, to, path, line) in cases {
+            let text = BASE.replace(from, to);
+            let errors = parse(&text, &|_| None).expect_err(to).0;
+            assert!(
+                errors.iter().any(|e| e.path == path && e.line == line),
+                "{to}: expected {path} at line {line}, got {errors:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn base_config_is_valid_and_env_is_expanded() {
+        let text = BASE.replace("user: u", "user: \"${WHO}\"");
+        let config = parse(&text, &|name| (name == "WHO").then(|| "svc".to_owned())).unwrap();
+        assert_eq!(config.clusters["main"].user, "svc");
+        assert_eq!(config.tiers["free"].max_tenant_share, 2);
     }
 }

@@ -50,14 +50,36 @@ pub struct Pool {
 struct Inner {
     /// Idle servers, most recently used last.
     idle: Vec<Server>,
-    /// Servers open or being opened.
-    open: u32,
-    /// Servers held (or being opened) per tenant, for `max_tenant_share`.
+    /// Servers held (or being opened) per tenant, for `max_tenant_share`. Every
+    /// open server is either idle or held, so [`Inner::open`] is derived from
+    /// these two and never goes out of step with them.
     held: HashMap<Arc<str>, u32>,
     queue: FairQueue<oneshot::Sender<Lease>>,
     next_waiter: u64,
     /// `ParameterStatus` set of the most recent server connection.
     params: Option<Arc<Vec<(String, String)>>>,
+}
+
+impl Inner {
+    /// Servers open or being opened.
+    fn open(&self) -> u32 {
+        self.idle.len() as u32 + self.held.values().sum::<u32>()
+    }
+
+    /// Ends one hold of `tenant`; a reusable server goes idle, `None` means the
+    /// capacity it stood for is free again.
+    fn unhold(&mut self, tenant: &str, server: Option<Server>) {
+        if let Some(held) = self.held.get_mut(tenant) {
+            *held -= 1;
+            if *held == 0 {
+                self.held.remove(tenant);
+            }
+        }
+        if let Some(mut s) = server {
+            s.idle_since = Instant::now();
+            self.idle.push(s);
+        }
+    }
 }
 
 /// Gauges of one pool, read on demand.
@@ -87,7 +109,7 @@ impl Pool {
         let inner = self.lock();
         PoolStats {
             idle: inner.idle.len() as u32,
-            open: inner.open,
+            open: inner.open(),
             waiting: inner.queue.len() as u32,
         }
     }
@@ -115,13 +137,9 @@ impl Pool {
                 return Ok(lease);
             }
             tracing::info!(server = server.id, pool = %self.settings.label, "idle server died; replacing it");
-            // The dead server's capacity is gone; another idle server (already
-            // counted in `open`) can take this lease's place, or we connect anew.
-            let mut inner = self.lock();
-            if let Some(next) = inner.idle.pop() {
-                inner.open -= 1;
-                lease.server = Some(next);
-            }
+            // Another idle server can take the dead one's place in this lease,
+            // or we connect anew.
+            lease.server = self.lock().idle.pop();
         }
         let server = server::connect(&self.cluster).await?;
         self.lock().params = Some(Arc::clone(&server.params));
@@ -133,12 +151,7 @@ impl Pool {
     fn try_lease(self: &Arc<Self>, tenant: &Arc<str>) -> Result<Lease, Wait> {
         let mut inner = self.lock();
         if let Some(server) = self.grant(&mut inner, tenant) {
-            return Ok(Lease {
-                pool: Arc::clone(self),
-                tenant: Arc::clone(tenant),
-                server,
-                live: true,
-            });
+            return Ok(Lease::new(self, Arc::clone(tenant), server));
         }
         let id = inner.next_waiter;
         inner.next_waiter += 1;
@@ -158,14 +171,10 @@ impl Pool {
         if inner.held.get(tenant).copied().unwrap_or(0) >= self.settings.max_tenant_share {
             return None;
         }
-        let server = match inner.idle.pop() {
-            Some(s) => Some(s),
-            None if inner.open < self.settings.max_size => {
-                inner.open += 1;
-                None
-            }
-            None => return None,
-        };
+        let server = inner.idle.pop();
+        if server.is_none() && inner.open() >= self.settings.max_size {
+            return None;
+        }
         *inner.held.entry(Arc::clone(tenant)).or_default() += 1;
         Some(server)
     }
@@ -174,25 +183,13 @@ impl Pool {
     /// Then serves waiters with whatever became available.
     fn give_back(self: &Arc<Self>, tenant: &str, server: Option<Server>) {
         let mut inner = self.lock();
-        if let Some(held) = inner.held.get_mut(tenant) {
-            *held -= 1;
-            if *held == 0 {
-                inner.held.remove(tenant);
-            }
-        }
-        match server {
-            Some(mut s) => {
-                s.idle_since = Instant::now();
-                inner.idle.push(s);
-            }
-            None => inner.open -= 1,
-        }
+        inner.unhold(tenant, server);
         self.dispatch(&mut inner);
     }
 
     fn dispatch(self: &Arc<Self>, inner: &mut Inner) {
         while !inner.queue.is_empty()
-            && (!inner.idle.is_empty() || inner.open < self.settings.max_size)
+            && (!inner.idle.is_empty() || inner.open() < self.settings.max_size)
         {
             let share = self.settings.max_tenant_share;
             let held = &inner.held;
@@ -205,23 +202,10 @@ impl Pool {
             let server = self
                 .grant(inner, &tenant)
                 .expect("capacity and share were checked");
-            let lease = Lease {
-                pool: Arc::clone(self),
-                tenant,
-                server,
-                live: true,
-            };
-            if let Err(mut lease) = waiter.tx.send(lease) {
+            if let Err(mut lease) = waiter.tx.send(Lease::new(self, tenant, server)) {
                 // The waiter gave up between its timeout and our send: undo in place.
                 lease.live = false;
-                *inner.held.get_mut(&lease.tenant).expect("just granted") -= 1;
-                if inner.held[&lease.tenant] == 0 {
-                    inner.held.remove(&lease.tenant);
-                }
-                match lease.server.take() {
-                    Some(s) => inner.idle.push(s),
-                    None => inner.open -= 1,
-                }
+                inner.unhold(&lease.tenant, lease.server.take());
             }
         }
     }
@@ -233,18 +217,15 @@ impl Pool {
         let timeout = self.cluster.server_idle_timeout;
         {
             let mut inner = self.lock();
-            let before = inner.idle.len();
             inner.idle.retain(Server::looks_alive);
-            inner.open -= (before - inner.idle.len()) as u32;
             // Oldest idle servers are at the front.
-            while inner.open > self.settings.min_size
+            while inner.open() > self.settings.min_size
                 && inner
                     .idle
                     .first()
                     .is_some_and(|s| s.idle_since.elapsed() >= timeout)
             {
                 inner.idle.remove(0);
-                inner.open -= 1;
             }
             self.dispatch(&mut inner);
         }
@@ -266,18 +247,12 @@ impl Pool {
     /// Capacity for one more server while the pool is below `min_size` and nobody waits.
     fn reserve_for_minimum(self: &Arc<Self>) -> Option<Lease> {
         let mut inner = self.lock();
-        if inner.open >= self.settings.min_size || !inner.queue.is_empty() {
+        if inner.open() >= self.settings.min_size || !inner.queue.is_empty() {
             return None;
         }
-        inner.open += 1;
         let tenant: Arc<str> = Arc::from("");
         *inner.held.entry(Arc::clone(&tenant)).or_default() += 1;
-        Some(Lease {
-            pool: Arc::clone(self),
-            tenant,
-            server: None,
-            live: true,
-        })
+        Some(Lease::new(self, tenant, None))
     }
 }
 
@@ -292,6 +267,16 @@ pub struct Lease {
 }
 
 impl Lease {
+    /// Only called with the pool's counts already updated for this hold.
+    fn new(pool: &Arc<Pool>, tenant: Arc<str>, server: Option<Server>) -> Lease {
+        Lease {
+            pool: Arc::clone(pool),
+            tenant,
+            server,
+            live: true,
+        }
+    }
+
     pub fn server(&mut self) -> &mut Server {
         self.server
             .as_mut()

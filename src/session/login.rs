@@ -8,9 +8,9 @@ use bytes::{Buf, BytesMut};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 
 use super::io::{SessionIoError, read_message};
-use super::{ClientSlot, Deps, Runtime};
+use super::{ClientSlot, Deps};
 use crate::auth::{self, AuthError, scram};
-use crate::config::{Secret, Tenant};
+use crate::config::{Secret, Tenant, Tier};
 use crate::error::ClientError;
 use crate::pool::Pool;
 use crate::protocol::{TxStatus, build, frame::read_cstr, startup::StartupMessage};
@@ -39,10 +39,12 @@ impl From<std::io::Error> for LoginError {
     }
 }
 
-/// A client that logged in: who it is and where its transactions run.
+/// A client that logged in: who it is and where its transactions run. It holds
+/// the pieces of the config snapshot it logged in with, so a later config swap
+/// does not change a session mid-way.
 pub struct LoggedIn {
-    pub runtime: Arc<Runtime>,
     pub tenant: Arc<Tenant>,
+    pub tier: Arc<Tier>,
     pub tenant_key: Arc<str>,
     pub pool: Arc<Pool>,
     pub context: Arc<TenantContext>,
@@ -95,7 +97,7 @@ pub async fn login<S: AsyncRead + AsyncWrite + Unpin>(
     if startup.database() != cluster.database {
         return Err(ClientError::unknown_database(startup.database()).into());
     }
-    let tier = &config.tiers[&tenant.tier];
+    let tier = Arc::clone(&config.tiers[&tenant.tier]);
     let client_slot = deps
         .clients
         .acquire(&tenant.id, tier.max_client_connections)
@@ -129,7 +131,7 @@ pub async fn login<S: AsyncRead + AsyncWrite + Unpin>(
         context,
         _client_slot: client_slot,
         tenant,
-        runtime,
+        tier,
     })
 }
 

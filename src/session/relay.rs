@@ -60,6 +60,16 @@ struct Tracker {
 }
 
 impl Tracker {
+    fn new() -> Tracker {
+        Tracker {
+            pending: 0,
+            unsynced: false,
+            status: TxStatus::Idle,
+            swallow: 0,
+            dirty: false,
+        }
+    }
+
     fn at_boundary(&self) -> bool {
         self.pending == 0 && !self.unsynced && self.swallow == 0 && self.status == TxStatus::Idle
     }
@@ -207,8 +217,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Relay<S> {
         started: Instant,
     ) -> Result<Option<Result<Lease, CheckoutError>>, RelayError> {
         let pool = Arc::clone(&self.session.pool);
-        let tier = &self.session.runtime.config.tiers[&self.session.tenant.tier];
-        let checkout = pool.checkout(&self.session.tenant_key, started + tier.queue_timeout);
+        let checkout = pool.checkout(
+            &self.session.tenant_key,
+            started + self.session.tier.queue_timeout,
+        );
         tokio::pin!(checkout);
         loop {
             tokio::select! {
@@ -254,14 +266,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Relay<S> {
     /// One transaction on `lease`: context first (only if the server lacks it),
     /// in the same write as the client's messages; then relay to the boundary.
     async fn transaction(&mut self, mut lease: Lease) -> Result<(), RelayError> {
-        let mut t = Tracker {
-            pending: 0,
-            unsynced: false,
-            status: TxStatus::Idle,
-            swallow: 0,
-            dirty: false,
-        };
-        self.out.clear();
+        let mut t = Tracker::new();
         let server = lease.server();
         let wanted = &self.session.context;
         let reset = server.needs_reset;
@@ -270,27 +275,28 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Relay<S> {
                 .context
                 .as_ref()
                 .is_some_and(|c| Arc::ptr_eq(c, wanted) || c == wanted);
-        if reset {
-            self.out.extend_from_slice(&context::reset_wire());
-            t.swallow += 1;
-        }
-        if send_context {
-            self.out.extend_from_slice(&wanted.wire);
-            t.swallow += wanted.replies;
-        }
         let (n, terminated) = t.client_messages(&self.cbuf, self.max_message)?;
-        self.out.extend_from_slice(&self.cbuf[..n]);
-        self.cbuf.advance(n);
         if terminated {
             return Err(RelayError::ClientGone);
         }
         // Until this write is done, the server's recorded context stays as it was;
         // any failure from here on closes the server (the lease is dropped).
-        server
-            .stream
-            .write_all(&self.out)
-            .await
-            .map_err(RelayError::ServerLost)?;
+        let write = if send_context {
+            // Context and the client's first messages go out in one write.
+            self.out.clear();
+            if reset {
+                self.out.extend_from_slice(context::RESET);
+                t.swallow += 1;
+            }
+            self.out.extend_from_slice(&wanted.wire);
+            t.swallow += wanted.replies;
+            self.out.extend_from_slice(&self.cbuf[..n]);
+            server.stream.write_all(&self.out).await
+        } else {
+            server.stream.write_all(&self.cbuf[..n]).await
+        };
+        write.map_err(RelayError::ServerLost)?;
+        self.cbuf.advance(n);
         if send_context {
             server.context = Some(Arc::clone(wanted));
             server.needs_reset = false;
@@ -424,13 +430,7 @@ mod tests {
     use crate::protocol::frame::encode as msg;
 
     fn tracker() -> Tracker {
-        Tracker {
-            pending: 0,
-            unsynced: false,
-            status: TxStatus::Idle,
-            swallow: 0,
-            dirty: false,
-        }
+        Tracker::new()
     }
 
     #[test]

@@ -63,14 +63,10 @@ impl TenantContext {
     }
 }
 
-/// Sent before the context when the previous client may have left session state
-/// behind (see [`super::scan`]); it cannot run inside a transaction block, so it is
-/// a `Query` of its own. It is safe because servers are only released when idle.
-pub fn reset_wire() -> Bytes {
-    let mut b = BytesMut::new();
-    build::query(&mut b, "DISCARD ALL");
-    b.freeze()
-}
+/// `Query("DISCARD ALL")`, sent before the context when the previous client may
+/// have left session state behind (see [`super::scan`]). It cannot run inside a
+/// transaction block, so it is a `Query` of its own; servers are only released idle.
+pub const RESET: &[u8] = b"Q\0\0\0\x10DISCARD ALL\0";
 
 #[cfg(test)]
 mod tests {
@@ -128,6 +124,13 @@ mod tests {
             "SET app.tenant TO 'acme'; SET search_path TO \"acme\", public; RESET ROLE"
         );
         assert!(c.sql[1].starts_with("SET ROLE \"acme_role\"; "));
+    }
+
+    #[test]
+    fn reset_is_a_discard_all_query() {
+        let mut built = BytesMut::new();
+        build::query(&mut built, "DISCARD ALL");
+        assert_eq!(RESET, &built[..]);
     }
 
     #[test]
