@@ -418,3 +418,64 @@ async fn client_gone_while_queued_leaves_no_waiter() {
     }
     holder.batch_execute("COMMIT").await.unwrap();
 }
+
+/// The tenant context fails at run time (the DBA revoked the role after start):
+/// the client gets FATAL 08006 and never runs as anyone else; the server is
+/// closed, and other tenants on the same pool carry on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failed_tenant_context_closes_the_client_and_the_server() {
+    let db = pg().database("ctxfail");
+    pg().psql(
+        "postgres",
+        "CREATE ROLE tenant_flaky NOLOGIN; GRANT tenant_flaky TO pgtenant_app",
+    );
+    let tiers = "\n  one: { pool_size: 1, queue_timeout: 5s }";
+    let tenants = tenants("one", "one", "one", "one")
+        + "  flaky: { tier: one, cluster: main, role: tenant_flaky }\n";
+    let proxy = start(&config(&db, tiers, &tenants)).await;
+    let flaky = proxy.connect("flaky", &db).await;
+    pg().psql("postgres", "REVOKE tenant_flaky FROM pgtenant_app");
+    let err = flaky.simple_query("SELECT current_user").await.unwrap_err();
+    assert_eq!(code(&err), "08006", "{err}");
+    assert!(flaky.is_closed() || flaky.simple_query("SELECT 1").await.is_err());
+    let acme = proxy.connect("acme", &db).await;
+    assert_eq!(
+        one(
+            &acme,
+            "SELECT current_setting('app.current_tenant') || ':' || current_user"
+        )
+        .await,
+        "acme:pgtenant_app"
+    );
+    let again = proxy.connect("flaky", &db).await;
+    assert_eq!(
+        code(&again.simple_query("SELECT 1").await.unwrap_err()),
+        "08006"
+    );
+}
+
+/// The server dies in the middle of a client's transaction: that client is told
+/// and disconnected, and the pool's capacity is intact for everyone else.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn server_dying_mid_transaction_disconnects_only_its_client() {
+    let db = pg().database("srvdie");
+    let proxy = start_tier(&db, "one", "{ pool_size: 1, queue_timeout: 3s }").await;
+    let victim = proxy.connect("acme", &db).await;
+    victim.batch_execute("BEGIN").await.unwrap();
+    let pid = one(&victim, "SELECT pg_backend_pid()").await;
+    let su = pg().superuser(&db).await;
+    su.execute(&format!("SELECT pg_terminate_backend({pid})"), &[])
+        .await
+        .unwrap();
+    let err = victim.simple_query("SELECT 1").await.unwrap_err();
+    assert!(
+        err.as_db_error()
+            .is_none_or(|d| ["57P01", "08006"].contains(&d.code().code())),
+        "{err}"
+    );
+    let other = proxy.connect("umbrella", &db).await;
+    assert_eq!(
+        one(&other, "SELECT current_setting('app.current_tenant')").await,
+        "umbrella"
+    );
+}

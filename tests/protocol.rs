@@ -277,3 +277,32 @@ async fn startup_parameters_do_not_change_the_tenant() {
     );
     assert_eq!(one(&client, "SHOW search_path").await, "\"$user\", public");
 }
+
+/// After login, an unknown message type or a length over max_message_size ends
+/// that connection with FATAL 08P01 (checked before the body is allocated), and
+/// nobody else notices.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_messages_after_login_close_only_that_client() {
+    let db = pg().database("badmsg");
+    let yaml = config(&db, TIERS, &tenants("free", "free", "growth", "enterprise")).replace(
+        "listen: 127.0.0.1:0",
+        "listen: 127.0.0.1:0\nlimits: { max_message_size: 65536 }",
+    );
+    let proxy = start(&yaml).await;
+    let survivor = proxy.connect("acme", &db).await;
+    let huge_query = {
+        let mut m = vec![b'Q'];
+        m.extend_from_slice(&(1_000_000i32).to_be_bytes());
+        m
+    };
+    for (what, bytes) in [
+        ("unknown type", vec![b'Y', 0, 0, 0, 4]),
+        ("oversized", huge_query),
+    ] {
+        let mut s = common::raw_login(proxy.port, "app.acme", common::APP_PASSWORD, &db).await;
+        s.write_all(&bytes).await.unwrap();
+        let codes = common::error_codes_until_close(&mut s).await;
+        assert_eq!(codes, vec!["08P01".to_owned()], "{what}");
+    }
+    assert_eq!(one(&survivor, "SELECT 1").await, "1");
+}

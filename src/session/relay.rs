@@ -150,6 +150,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Relay<S> {
         let result = self.serve().await;
         let shown = match &result {
             Err(RelayError::Refused(e)) => Some(e.clone()),
+            // A bad length read while idle: as much a protocol violation as mid-transaction.
+            Err(RelayError::Client(SessionIoError::Frame(e))) => {
+                Some(ClientError::protocol_violation(e))
+            }
             Err(RelayError::ServerLost(_)) => {
                 Some(ClientError::server_lost(&self.session.pool.cluster.name))
             }

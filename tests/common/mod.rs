@@ -256,3 +256,77 @@ pub async fn one(client: &Client, sql: &str) -> String {
         })
         .unwrap_or_else(|| panic!("{sql}: no row"))
 }
+
+/// Logs in over a raw socket (SCRAM through rust-postgres's client side) and
+/// reads up to the first ReadyForQuery, for tests that send bytes no driver would.
+pub async fn raw_login(port: u16, user: &str, password: &str, db: &str) -> tokio::net::TcpStream {
+    use bytes::BytesMut;
+    use postgres_protocol::authentication::sasl::{ChannelBinding, SCRAM_SHA_256, ScramSha256};
+    use postgres_protocol::message::{backend::Message, frontend};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .unwrap();
+    let mut out = BytesMut::new();
+    frontend::startup_message([("user", user), ("database", db)], &mut out).unwrap();
+    stream.write_all(&out).await.unwrap();
+    let mut buf = BytesMut::new();
+    let mut scram = ScramSha256::new(password.as_bytes(), ChannelBinding::unsupported());
+    loop {
+        let msg = loop {
+            if let Some(msg) = Message::parse(&mut buf).unwrap() {
+                break msg;
+            }
+            assert!(
+                stream.read_buf(&mut buf).await.unwrap() > 0,
+                "proxy closed during login"
+            );
+        };
+        out.clear();
+        match msg {
+            Message::AuthenticationSasl(_) => {
+                frontend::sasl_initial_response(SCRAM_SHA_256, scram.message(), &mut out).unwrap()
+            }
+            Message::AuthenticationSaslContinue(body) => {
+                scram.update(body.data()).unwrap();
+                frontend::sasl_response(scram.message(), &mut out).unwrap();
+            }
+            Message::AuthenticationSaslFinal(body) => scram.finish(body.data()).unwrap(),
+            Message::ReadyForQuery(_) => return stream,
+            Message::ErrorResponse(_) => panic!("login refused"),
+            _ => {}
+        }
+        if !out.is_empty() {
+            stream.write_all(&out).await.unwrap();
+        }
+    }
+}
+
+/// Reads until EOF (or 5 s) and returns the SQLSTATEs of the ErrorResponses seen.
+pub async fn error_codes_until_close(stream: &mut tokio::net::TcpStream) -> Vec<String> {
+    use tokio::io::AsyncReadExt;
+    let mut bytes = Vec::new();
+    tokio::time::timeout(
+        std::time::Duration::from_secs(5),
+        stream.read_to_end(&mut bytes),
+    )
+    .await
+    .expect("the proxy did not close the connection")
+    .unwrap();
+    let mut codes = Vec::new();
+    let mut rest = &bytes[..];
+    while rest.len() >= 5 {
+        let len = i32::from_be_bytes(rest[1..5].try_into().unwrap()) as usize + 1;
+        let (msg, after) = rest.split_at(len.min(rest.len()));
+        if msg[0] == b'E' {
+            let fields = &msg[5..];
+            if let Some(pos) = fields.windows(1).position(|w| w[0] == b'C') {
+                let code = &fields[pos + 1..pos + 6];
+                codes.push(String::from_utf8_lossy(code).into_owned());
+            }
+        }
+        rest = after;
+    }
+    codes
+}
