@@ -152,6 +152,39 @@ impl ClientError {
     }
 
     /// The same error, ending the connection (for failures during login).
+    /// As PostgreSQL words it; `name` is empty for the unnamed statement.
+    pub fn statement_missing(name: &[u8]) -> ClientError {
+        let message = if name.is_empty() {
+            "unnamed prepared statement does not exist".to_owned()
+        } else {
+            format!(
+                "prepared statement \"{}\" does not exist",
+                String::from_utf8_lossy(name)
+            )
+        };
+        Self::new(Severity::Error, "26000", message)
+    }
+
+    pub fn statement_exists(name: &[u8]) -> ClientError {
+        Self::new(
+            Severity::Error,
+            "42P05",
+            format!(
+                "prepared statement \"{}\" already exists",
+                String::from_utf8_lossy(name)
+            ),
+        )
+    }
+
+    pub fn too_many_statements(limit: usize) -> ClientError {
+        Self::new(
+            Severity::Error,
+            "53400",
+            format!("too many prepared statements: this connection already has {limit}"),
+        )
+        .with_hint("Close statements that are no longer needed, or raise limits.max_client_prepared_statements.")
+    }
+
     pub fn fatal(mut self) -> ClientError {
         self.severity = Severity::Fatal;
         self

@@ -12,7 +12,7 @@
 //!    thing on a throwaway PostgreSQL.
 //!
 //! Layers, bottom to top: `protocol`, `error` → `config` → `auth`, `tenant`,
-//! `server` → `pool` → `session` → `app`, `demo`. A module only uses modules
+//! `prepared`, `server` → `pool` → `session` → `app`, `demo`. A module only uses modules
 //! below it. Errors reach clients only through [`error::ClientError`].
 
 #![forbid(unsafe_code)]
@@ -23,6 +23,7 @@ pub mod config;
 pub mod demo;
 pub mod error;
 pub mod pool;
+pub mod prepared;
 pub mod protocol;
 pub mod server;
 pub mod session;

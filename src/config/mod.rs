@@ -85,6 +85,8 @@ pub struct Limits {
     pub login_timeout: Duration,
     pub max_startup_packet_size: usize,
     pub max_message_size: usize,
+    pub max_prepared_statements: usize,
+    pub max_client_prepared_statements: usize,
 }
 
 #[derive(Clone)]

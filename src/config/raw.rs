@@ -50,6 +50,12 @@ pub struct RawLimits {
     /// Largest single protocol message accepted from a client or server, in bytes.
     #[serde(default = "default_max_message")]
     pub max_message_size: usize,
+    /// Named prepared statements each server keeps (least recently used are closed).
+    #[serde(default = "default_server_statements")]
+    pub max_prepared_statements: usize,
+    /// Named prepared statements one client may hold at once.
+    #[serde(default = "default_client_statements")]
+    pub max_client_prepared_statements: usize,
 }
 
 impl Default for RawLimits {
@@ -58,6 +64,8 @@ impl Default for RawLimits {
             login_timeout: default_login_timeout(),
             max_startup_packet_size: default_startup_packet(),
             max_message_size: default_max_message(),
+            max_prepared_statements: default_server_statements(),
+            max_client_prepared_statements: default_client_statements(),
         }
     }
 }
@@ -70,6 +78,12 @@ fn default_startup_packet() -> usize {
 }
 fn default_max_message() -> usize {
     64 << 20
+}
+fn default_server_statements() -> usize {
+    200
+}
+fn default_client_statements() -> usize {
+    1000
 }
 
 #[derive(Debug, Deserialize, Default)]

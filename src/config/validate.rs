@@ -144,6 +144,8 @@ pub(super) fn validate(
             login_timeout: raw.limits.login_timeout.0,
             max_startup_packet_size: raw.limits.max_startup_packet_size,
             max_message_size: raw.limits.max_message_size,
+            max_prepared_statements: raw.limits.max_prepared_statements,
+            max_client_prepared_statements: raw.limits.max_client_prepared_statements,
         },
         tenant_setting,
         separator,

@@ -14,6 +14,7 @@ use std::time::Instant;
 use tokio::io::Interest;
 use tokio::net::TcpStream;
 
+use crate::prepared::ServerStatements;
 use crate::tenant::context::TenantContext;
 
 pub use connect::connect;
@@ -60,6 +61,8 @@ pub struct Server {
     pub context: Option<Arc<TenantContext>>,
     /// A client may have changed session state: `DISCARD ALL` before the next use.
     pub needs_reset: bool,
+    /// The named statements prepared on it.
+    pub statements: ServerStatements,
     pub idle_since: Instant,
 }
 
@@ -72,6 +75,7 @@ impl Server {
             params: Arc::new(params),
             context: None,
             needs_reset: false,
+            statements: ServerStatements::default(),
             idle_since: Instant::now(),
         }
     }

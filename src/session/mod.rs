@@ -8,6 +8,7 @@ mod handshake;
 mod io;
 mod login;
 mod relay;
+mod tracker;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -163,8 +164,7 @@ pub async fn serve<S: AsyncRead + AsyncWrite + Unpin + Send>(
         return;
     };
     tracing::debug!(%peer, tenant = %client.tenant.id, "client logged in");
-    let max_message = limits.max_message_size;
-    if let Err(e) = relay::Relay::new(stream, buf, client, cancel, max_message)
+    if let Err(e) = relay::Relay::new(stream, buf, client, cancel, &limits)
         .run()
         .await
     {

@@ -15,11 +15,15 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use super::cancel::CancelGuard;
 use super::io::{SessionIoError, fill_message, send_error};
 use super::login::LoggedIn;
+use super::tracker::{Action, Statements, Tracker};
+use crate::config::Limits;
 use crate::error::ClientError;
 use crate::pool::{CheckoutError, Lease};
-use crate::protocol::frame::{FrameError, Frames, read_cstr};
+use crate::prepared::ClientStatements;
+use crate::protocol::frame::{FrameError, Frames};
 use crate::protocol::{TxStatus, build};
-use crate::tenant::{context, scan};
+use crate::server::Server;
+use crate::tenant::context;
 
 #[derive(Debug, thiserror::Error)]
 pub enum RelayError {
@@ -45,73 +49,6 @@ fn client_io(e: std::io::Error) -> RelayError {
     RelayError::Client(e.into())
 }
 
-/// Where one transaction stands, from the messages seen in both directions.
-#[derive(Debug)]
-struct Tracker {
-    /// `ReadyForQuery` replies owed for forwarded `Query`/`Sync`/`FunctionCall`.
-    pending: usize,
-    /// Extended-protocol messages forwarded since the last `Sync`.
-    unsynced: bool,
-    status: TxStatus,
-    /// `ReadyForQuery` replies of the proxy's own injected queries still to swallow.
-    swallow: usize,
-    /// A forwarded statement may have changed session state.
-    dirty: bool,
-}
-
-impl Tracker {
-    fn new() -> Tracker {
-        Tracker {
-            pending: 0,
-            unsynced: false,
-            status: TxStatus::Idle,
-            swallow: 0,
-            dirty: false,
-        }
-    }
-
-    fn at_boundary(&self) -> bool {
-        self.pending == 0 && !self.unsynced && self.swallow == 0 && self.status == TxStatus::Idle
-    }
-
-    /// Accounts for the complete client messages at the front of `buf`. Returns
-    /// how many bytes to forward and whether the client sent `Terminate` there.
-    fn client_messages(&mut self, buf: &[u8], max_len: usize) -> Result<(usize, bool), RelayError> {
-        let mut frames = Frames::new(buf, max_len);
-        for frame in &mut frames {
-            let frame = frame?;
-            let body = frame.body(buf);
-            match frame.tag {
-                b'Q' => {
-                    self.pending += 1;
-                    self.dirty |= scan::may_change_session(body);
-                }
-                b'P' => {
-                    self.unsynced = true;
-                    let query = read_cstr(body)
-                        .and_then(|(_, rest)| read_cstr(rest))
-                        .map(|(q, _)| q);
-                    self.dirty |= query.is_none_or(scan::may_change_session);
-                }
-                b'B' | b'D' | b'E' | b'C' => self.unsynced = true,
-                b'S' => {
-                    self.pending += 1;
-                    self.unsynced = false;
-                }
-                b'F' => self.pending += 1,
-                b'H' | b'd' | b'c' | b'f' => {}
-                b'X' => return Ok((frame.start, true)),
-                other => {
-                    return Err(RelayError::Refused(ClientError::protocol_violation(
-                        format!("invalid frontend message type {}", other as char),
-                    )));
-                }
-            }
-        }
-        Ok((frames.consumed(), false))
-    }
-}
-
 pub struct Relay<S> {
     client: S,
     /// Bytes read from the client and not yet forwarded.
@@ -120,9 +57,15 @@ pub struct Relay<S> {
     sbuf: BytesMut,
     /// What the proxy composes for one write to a server (context + client bytes).
     out: BytesMut,
+    /// What the proxy composes for one write to the client, when server bytes
+    /// cannot be forwarded as they are.
+    cout: BytesMut,
     session: LoggedIn,
     cancel: CancelGuard,
+    statements: ClientStatements,
     max_message: usize,
+    server_statements: usize,
+    client_statements: usize,
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin> Relay<S> {
@@ -131,16 +74,20 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Relay<S> {
         cbuf: BytesMut,
         session: LoggedIn,
         cancel: CancelGuard,
-        max_message: usize,
+        limits: &Limits,
     ) -> Self {
         Relay {
             client,
             cbuf,
             sbuf: BytesMut::with_capacity(16 * 1024),
             out: BytesMut::new(),
+            cout: BytesMut::new(),
             session,
             cancel,
-            max_message,
+            statements: ClientStatements::default(),
+            max_message: limits.max_message_size,
+            server_statements: limits.max_prepared_statements,
+            client_statements: limits.max_client_prepared_statements,
         }
     }
 
@@ -272,37 +219,34 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Relay<S> {
     async fn transaction(&mut self, mut lease: Lease) -> Result<(), RelayError> {
         let mut t = Tracker::new();
         let server = lease.server();
-        let wanted = &self.session.context;
+        let wanted = Arc::clone(&self.session.context);
         let reset = server.needs_reset;
         let send_context = reset
             || !server
                 .context
                 .as_ref()
-                .is_some_and(|c| Arc::ptr_eq(c, wanted) || c == wanted);
-        let (n, terminated) = t.client_messages(&self.cbuf, self.max_message)?;
-        if terminated {
-            return Err(RelayError::ClientGone);
+                .is_some_and(|c| Arc::ptr_eq(c, &wanted) || *c == wanted);
+        self.out.clear();
+        if send_context {
+            // Context and the client's first messages go out in one write.
+            if reset {
+                self.out.extend_from_slice(context::RESET);
+                server.statements.clear();
+                t.own_query();
+            }
+            self.out.extend_from_slice(&wanted.wire);
+            for _ in 0..wanted.replies {
+                t.own_query();
+            }
         }
         // Until this write is done, the server's recorded context stays as it was;
         // any failure from here on closes the server (the lease is dropped).
-        let write = if send_context {
-            // Context and the client's first messages go out in one write.
-            self.out.clear();
-            if reset {
-                self.out.extend_from_slice(context::RESET);
-                t.swallow += 1;
-            }
-            self.out.extend_from_slice(&wanted.wire);
-            t.swallow += wanted.replies;
-            self.out.extend_from_slice(&self.cbuf[..n]);
-            server.stream.write_all(&self.out).await
-        } else {
-            server.stream.write_all(&self.cbuf[..n]).await
-        };
-        write.map_err(RelayError::ServerLost)?;
-        self.cbuf.advance(n);
+        let terminated = self.forward_client(&mut t, server).await?;
+        if terminated {
+            return Err(RelayError::ClientGone);
+        }
         if send_context {
-            server.context = Some(Arc::clone(wanted));
+            server.context = Some(wanted);
             server.needs_reset = false;
         }
         self.cancel.slot.attach(server.cancel);
@@ -320,75 +264,123 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Relay<S> {
         Ok(())
     }
 
+    /// Forwards the complete client messages in `cbuf` (after whatever the proxy
+    /// put in `out`), translating statement names, and writes the replies the
+    /// proxy makes itself that are due. Returns whether the client terminated.
+    async fn forward_client(
+        &mut self,
+        t: &mut Tracker,
+        server: &mut Server,
+    ) -> Result<bool, RelayError> {
+        let mut st = Statements {
+            client: &mut self.statements,
+            server: &mut server.statements,
+            namespace: &self.session.context.namespace,
+            server_limit: self.server_statements,
+            client_limit: self.client_statements,
+        };
+        let (n, terminated) =
+            t.client_messages(&self.cbuf, self.max_message, &mut st, &mut self.out)?;
+        let bytes = if self.out.is_empty() {
+            &self.cbuf[..n]
+        } else {
+            &self.out[..]
+        };
+        if !bytes.is_empty() {
+            server
+                .stream
+                .write_all(bytes)
+                .await
+                .map_err(RelayError::ServerLost)?;
+        }
+        self.out.clear();
+        self.cbuf.advance(n);
+        self.cout.clear();
+        t.due_fakes(&mut self.cout);
+        if !self.cout.is_empty() {
+            self.client.write_all(&self.cout).await.map_err(client_io)?;
+        }
+        Ok(terminated)
+    }
+
     /// Forwards both ways until the tracker says the transaction is over.
     async fn relay(&mut self, lease: &mut Lease, t: &mut Tracker) -> Result<(), RelayError> {
-        let max = self.max_message;
         while !t.at_boundary() {
             reserve(&mut self.cbuf);
             reserve(&mut self.sbuf);
-            let server = &mut lease.server().stream;
+            let server = lease.server();
             tokio::select! {
                 read = self.client.read_buf(&mut self.cbuf) => {
                     if read.map_err(client_io)? == 0 {
                         return Err(RelayError::ClientGone);
                     }
-                    let (n, terminated) = t.client_messages(&self.cbuf, max)?;
-                    if n > 0 {
-                        server.write_all(&self.cbuf[..n]).await.map_err(RelayError::ServerLost)?;
-                        self.cbuf.advance(n);
-                    }
-                    if terminated {
+                    if self.forward_client(t, server).await? {
                         return Err(RelayError::ClientGone);
                     }
                 }
-                read = server.read_buf(&mut self.sbuf) => {
+                read = server.stream.read_buf(&mut self.sbuf) => {
                     if read.map_err(RelayError::ServerLost)? == 0 {
                         return Err(RelayError::ServerLost(std::io::ErrorKind::UnexpectedEof.into()));
                     }
-                    self.forward_server(t).await?;
+                    self.forward_server(t, server).await?;
                 }
             }
         }
         Ok(())
     }
 
-    /// Forwards the complete server messages in `sbuf`, swallowing the replies to
-    /// the proxy's own context queries (always the first ones) and tracking
-    /// `ReadyForQuery`.
-    async fn forward_server(&mut self, t: &mut Tracker) -> Result<(), RelayError> {
-        let mut frames = Frames::new(&self.sbuf, self.max_message);
-        let mut skip = 0;
-        let mut context_error = None;
+    /// Forwards the complete server messages in `sbuf`, leaving out the replies
+    /// to the proxy's own messages and putting in the replies it makes itself.
+    /// When nothing is left out or put in, the bytes go as they are.
+    async fn forward_server(
+        &mut self,
+        t: &mut Tracker,
+        server: &mut Server,
+    ) -> Result<(), RelayError> {
+        let mut st = Statements {
+            client: &mut self.statements,
+            server: &mut server.statements,
+            namespace: &self.session.context.namespace,
+            server_limit: self.server_statements,
+            client_limit: self.client_statements,
+        };
+        let buf = &self.sbuf[..];
+        let mut frames = Frames::new(buf, self.max_message);
+        // `buf[..run]` is accounted for in `cout` once `edited`.
+        let (mut run, mut edited) = (0, false);
+        self.cout.clear();
         for frame in &mut frames {
             let frame = frame.map_err(|e| RelayError::ServerLost(std::io::Error::other(e)))?;
-            let body = frame.body(&self.sbuf);
-            if t.swallow > 0 {
-                match frame.tag {
-                    b'Z' => t.swallow -= 1,
-                    b'E' => context_error = Some(error_text(body)),
-                    _ => {}
+            match t.server_message(frame.tag, frame.body(buf), &mut st)? {
+                Action::Forward => {}
+                Action::Swallow => {
+                    self.cout.extend_from_slice(&buf[run..frame.start]);
+                    (run, edited) = (frame.end, true);
                 }
-                skip = frame.end;
-                continue;
+                Action::Replace(shown) => {
+                    self.cout.extend_from_slice(&buf[run..frame.start]);
+                    self.cout.extend_from_slice(&shown);
+                    (run, edited) = (frame.end, true);
+                }
             }
-            if frame.tag == b'Z' {
-                t.pending = t.pending.saturating_sub(1);
-                t.status = body
-                    .first()
-                    .copied()
-                    .and_then(TxStatus::from_byte)
-                    .ok_or_else(|| {
-                        RelayError::ServerLost(std::io::Error::other("malformed ReadyForQuery"))
-                    })?;
+            if t.fake_due() {
+                self.cout.extend_from_slice(&buf[run..frame.end]);
+                (run, edited) = (frame.end, true);
+                t.due_fakes(&mut self.cout);
             }
         }
-        if let Some(text) = context_error {
+        if let Some(text) = t.context_error.take() {
             return Err(RelayError::ContextFailed(text));
         }
         let consumed = frames.consumed();
-        if consumed > skip {
+        if edited {
+            self.cout.extend_from_slice(&buf[run..consumed]);
+            if !self.cout.is_empty() {
+                self.client.write_all(&self.cout).await.map_err(client_io)?;
+            }
+        } else if consumed > 0 {
             self.client
-                .write_all(&self.sbuf[skip..consumed])
+                .write_all(&buf[..consumed])
                 .await
                 .map_err(client_io)?;
         }
@@ -404,85 +396,5 @@ const READ_AHEAD_LIMIT: usize = 1 << 20;
 fn reserve(buf: &mut BytesMut) {
     if buf.capacity() - buf.len() < 4096 {
         buf.reserve(16 * 1024);
-    }
-}
-
-/// `SQLSTATE: message` of an ErrorResponse body, for the log.
-fn error_text(body: &[u8]) -> String {
-    let (mut code, mut message) = ("", String::new());
-    let mut rest = body;
-    while let Some((&field, after)) = rest.split_first() {
-        if field == 0 {
-            break;
-        }
-        let Some((value, next)) = read_cstr(after) else {
-            break;
-        };
-        match field {
-            b'C' => code = std::str::from_utf8(value).unwrap_or("?????"),
-            b'M' => message = String::from_utf8_lossy(value).into_owned(),
-            _ => {}
-        }
-        rest = next;
-    }
-    format!("{code}: {message}")
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::protocol::frame::encode as msg;
-
-    fn tracker() -> Tracker {
-        Tracker::new()
-    }
-
-    #[test]
-    fn pipelined_queries_and_syncs_are_counted() {
-        let mut t = tracker();
-        let mut buf = msg(b'Q', b"SELECT 1\0");
-        buf.extend(msg(b'P', b"\0SELECT 2\0\0\0"));
-        buf.extend(msg(b'B', b"\0\0\0\0\0\0\0\0"));
-        buf.extend(msg(b'E', b"\0\0\0\0\0"));
-        assert_eq!(t.client_messages(&buf, 1024).unwrap(), (buf.len(), false));
-        assert_eq!((t.pending, t.unsynced), (1, true));
-        assert!(!t.at_boundary());
-        let sync = msg(b'S', b"");
-        t.client_messages(&sync, 1024).unwrap();
-        assert_eq!((t.pending, t.unsynced, t.dirty), (2, false, false));
-    }
-
-    #[test]
-    fn terminate_stops_forwarding_and_unknown_tags_are_violations() {
-        let mut t = tracker();
-        let mut buf = msg(b'Q', b"SELECT 1\0");
-        let q_len = buf.len();
-        buf.extend(msg(b'X', b""));
-        assert_eq!(t.client_messages(&buf, 1024).unwrap(), (q_len, true));
-        assert!(matches!(
-            tracker().client_messages(&msg(b'?', b""), 1024),
-            Err(RelayError::Refused(_))
-        ));
-    }
-
-    #[test]
-    fn session_changing_statements_mark_the_server_for_reset() {
-        let mut t = tracker();
-        t.client_messages(&msg(b'Q', b"SET work_mem = '1GB'\0"), 1024)
-            .unwrap();
-        assert!(t.dirty);
-        let mut t = tracker();
-        t.client_messages(
-            &msg(b'P', b"s1\0SELECT set_config('a.b', 'c', false)\0\0\0"),
-            1024,
-        )
-        .unwrap();
-        assert!(t.dirty);
-    }
-
-    #[test]
-    fn error_text_reads_code_and_message() {
-        let body = b"SERROR\0C42704\0Mrole \"x\" does not exist\0\0";
-        assert_eq!(error_text(body), "42704: role \"x\" does not exist");
     }
 }

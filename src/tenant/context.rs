@@ -27,6 +27,9 @@ pub struct TenantContext {
     pub replies: usize,
     /// The SQL, kept to compare contexts and for logs.
     pub sql: Vec<String>,
+    /// What unqualified names resolve to (role and `search_path`): prepared
+    /// statements are shared only within one namespace.
+    pub namespace: Vec<u8>,
 }
 
 impl TenantContext {
@@ -50,6 +53,8 @@ impl TenantContext {
         for (name, value) in &tier.settings {
             second.push(format!("SET {name} TO {}", escape_literal(value)));
         }
+        let namespace =
+            format!("{}\0{search_path}", tenant.role.as_deref().unwrap_or("")).into_bytes();
         let sql = vec![first, second.join("; ")];
         let mut wire = BytesMut::new();
         for q in &sql {
@@ -59,6 +64,7 @@ impl TenantContext {
             wire: wire.freeze(),
             replies: sql.len(),
             sql,
+            namespace,
         }
     }
 }

@@ -174,6 +174,11 @@ pub fn env(name: &str) -> Option<String> {
 
 /// Starts a proxy in-process on a free port.
 pub async fn start(yaml: &str) -> Proxy {
+    // RUST_LOG=pgtenant=debug shows the proxy's logs beside a failing test.
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_test_writer()
+        .try_init();
     let config = pgtenant::config::parse(yaml, &env)
         .unwrap_or_else(|e| panic!("test config invalid:\n{e}\n{yaml}"));
     let proxy = pgtenant::app::Proxy::bind(config)
@@ -329,4 +334,68 @@ pub async fn error_codes_until_close(stream: &mut tokio::net::TcpStream) -> Vec<
         rest = after;
     }
     codes
+}
+
+/// Writes `out` and reads replies until `ready` ReadyForQuery messages arrive
+/// (10 s at most). Each reply is its tag, followed by the SQLSTATE for errors,
+/// the status for ReadyForQuery, the first column for rows and the tag for
+/// CommandComplete: "1", "E26000", "ZI", "D42", "CSELECT 1".
+pub async fn exchange(stream: &mut tokio::net::TcpStream, out: &[u8], ready: usize) -> Vec<String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    stream.write_all(out).await.unwrap();
+    let mut buf = Vec::new();
+    let mut replies = Vec::new();
+    let mut seen = 0;
+    let read = async {
+        loop {
+            while buf.len() >= 5 {
+                let len = i32::from_be_bytes(buf[1..5].try_into().unwrap()) as usize + 1;
+                if buf.len() < len {
+                    break;
+                }
+                let msg: Vec<u8> = buf.drain(..len).collect();
+                let body = &msg[5..];
+                let text = |b: &[u8]| {
+                    String::from_utf8_lossy(b.split(|&c| c == 0).next().unwrap()).into_owned()
+                };
+                let reply = match msg[0] {
+                    b'E' => {
+                        let at = body.iter().position(|&c| c == b'C').unwrap();
+                        format!("E{}", text(&body[at + 1..]))
+                    }
+                    b'Z' => format!("Z{}", body[0] as char),
+                    b'C' => format!("C{}", text(body)),
+                    b'D' => {
+                        let len = i32::from_be_bytes(body[2..6].try_into().unwrap());
+                        if len < 0 {
+                            "DNULL".to_owned()
+                        } else {
+                            let v = &body[6..6 + len as usize];
+                            format!("D{}", String::from_utf8_lossy(v))
+                        }
+                    }
+                    b'N' | b'S' => continue,
+                    tag => (tag as char).to_string(),
+                };
+                if msg[0] == b'Z' {
+                    seen += 1;
+                }
+                replies.push(reply);
+                if seen == ready {
+                    return;
+                }
+            }
+            let mut chunk = [0u8; 8192];
+            let n = stream.read(&mut chunk).await.unwrap();
+            assert!(
+                n > 0,
+                "proxy closed the connection; replies so far: {replies:?}"
+            );
+            buf.extend_from_slice(&chunk[..n]);
+        }
+    };
+    tokio::time::timeout(std::time::Duration::from_secs(10), read)
+        .await
+        .unwrap_or_else(|_| panic!("no reply in time; replies so far: {replies:?}"));
+    replies
 }

@@ -1,0 +1,295 @@
+//! Named prepared statements under transaction pooling (DESIGN "Prepared
+//! statements").
+//!
+//! A client's statement names mean nothing on the servers it borrows. Each
+//! statement gets a proxy-wide name instead: a digest of the tenant namespace
+//! (role and `search_path`), the query text and the parameter types. The same
+//! statement therefore has the same name on every server and for every client of
+//! the same namespace, and a statement prepared under one tenant's `search_path`
+//! can never be bound under another's. Each client maps its own names to these
+//! ([`ClientStatements`]); each server remembers which it has prepared, least
+//! recently used first out ([`ServerStatements`]).
+
+use std::collections::HashMap;
+use std::hash::{BuildHasherDefault, Hasher};
+use std::sync::Arc;
+
+use bytes::{BufMut, Bytes, BytesMut};
+use sha2::{Digest, Sha256};
+
+/// Server-side names start with this; clients cannot create server statements
+/// of their own, so nothing else on a server carries it.
+const PREFIX: &str = "pgtenant_";
+
+/// A statement as servers know it.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Statement {
+    /// The digest, also the key of [`ServerStatements`].
+    pub id: u128,
+    /// `pgtenant_<32 hex digits>`.
+    pub name: Bytes,
+    /// The `Parse` message that creates it under `name`, ready to write.
+    pub parse: Bytes,
+}
+
+impl Statement {
+    /// `namespace` identifies what names resolve to (the tenant's role and
+    /// `search_path`); `rest` is the client's `Parse` body after its name: the
+    /// query, then the parameter type count and OIDs.
+    pub fn new(namespace: &[u8], rest: &[u8]) -> Statement {
+        let mut h = Sha256::new();
+        h.update((namespace.len() as u64).to_be_bytes());
+        h.update(namespace);
+        h.update(rest);
+        let digest = h.finalize();
+        let id = u128::from_be_bytes(digest[..16].try_into().expect("16 bytes"));
+        let name = Bytes::from(format!("{PREFIX}{id:032x}"));
+        let mut parse = BytesMut::with_capacity(6 + name.len() + rest.len());
+        parse.put_u8(b'P');
+        parse.put_i32((4 + name.len() + 1 + rest.len()) as i32);
+        parse.put_slice(&name);
+        parse.put_u8(0);
+        parse.put_slice(rest);
+        Statement {
+            id,
+            name,
+            parse: parse.freeze(),
+        }
+    }
+
+    /// Bytes held for this statement, for the memory bound in the README.
+    pub fn size(&self) -> usize {
+        std::mem::size_of::<Statement>() + self.name.len() + self.parse.len()
+    }
+}
+
+/// One client's named statements.
+#[derive(Debug, Default)]
+pub struct ClientStatements {
+    named: HashMap<Bytes, Arc<Statement>>,
+    /// The body after the name of the client's last unnamed `Parse`, to re-parse
+    /// it on another server (the buffer is reused: no allocation per `Parse`).
+    unnamed: Vec<u8>,
+    has_unnamed: bool,
+}
+
+impl ClientStatements {
+    pub fn set_unnamed(&mut self, rest: &[u8]) {
+        self.unnamed.clear();
+        self.unnamed.extend_from_slice(rest);
+        self.has_unnamed = true;
+    }
+
+    pub fn unnamed(&self) -> Option<&[u8]> {
+        self.has_unnamed.then_some(&self.unnamed[..])
+    }
+
+    pub fn forget_unnamed(&mut self) {
+        self.has_unnamed = false;
+    }
+
+    pub fn get(&self, name: &[u8]) -> Option<&Arc<Statement>> {
+        self.named.get(name)
+    }
+
+    pub fn contains(&self, name: &[u8]) -> bool {
+        self.named.contains_key(name)
+    }
+
+    pub fn len(&self) -> usize {
+        self.named.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.named.is_empty()
+    }
+
+    pub fn insert(&mut self, name: Bytes, statement: Arc<Statement>) {
+        self.named.insert(name, statement);
+    }
+
+    pub fn remove(&mut self, name: &[u8]) {
+        self.named.remove(name);
+    }
+
+    pub fn clear(&mut self) {
+        self.named.clear();
+    }
+}
+
+/// The statements one server has prepared, with their last use.
+#[derive(Debug, Default)]
+pub struct ServerStatements {
+    used: HashMap<u128, u64, BuildHasherDefault<DigestHasher>>,
+    names: HashMap<u128, Bytes, BuildHasherDefault<DigestHasher>>,
+    clock: u64,
+    /// Prepared on the server but no longer usable (its result type changed):
+    /// to close before the next use of this server.
+    stale: Vec<Bytes>,
+}
+
+impl ServerStatements {
+    /// Whether the server has `id`; marks it used.
+    pub fn touch(&mut self, id: u128) -> bool {
+        self.clock += 1;
+        match self.used.get_mut(&id) {
+            Some(at) => {
+                *at = self.clock;
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Records `statement` as prepared. When that goes over `limit`, the least
+    /// recently used one is forgotten and returned, for the caller to close.
+    pub fn insert(&mut self, statement: &Statement, limit: usize) -> Option<(u128, Bytes)> {
+        self.clock += 1;
+        let evicted = if self.used.len() >= limit.max(1) {
+            let (&oldest, _) = self
+                .used
+                .iter()
+                .min_by_key(|&(_, at)| *at)
+                .expect("limit is at least 1");
+            self.used.remove(&oldest);
+            self.names.remove(&oldest).map(|name| (oldest, name))
+        } else {
+            None
+        };
+        self.used.insert(statement.id, self.clock);
+        self.names.insert(statement.id, statement.name.clone());
+        evicted
+    }
+
+    /// Records a statement the server still has after all (its `Close` was
+    /// skipped by an earlier error).
+    pub fn restore(&mut self, id: u128, name: Bytes) {
+        self.clock += 1;
+        self.used.insert(id, self.clock);
+        self.names.insert(id, name);
+    }
+
+    pub fn remove(&mut self, id: u128) {
+        self.used.remove(&id);
+        self.names.remove(&id);
+    }
+
+    /// Forgets `id` and notes its name for closing.
+    pub fn mark_stale(&mut self, id: u128) {
+        self.used.remove(&id);
+        if let Some(name) = self.names.remove(&id) {
+            self.stale.push(name);
+        }
+    }
+
+    pub fn take_stale(&mut self) -> Vec<Bytes> {
+        std::mem::take(&mut self.stale)
+    }
+
+    pub fn restore_stale(&mut self, name: Bytes) {
+        self.stale.push(name);
+    }
+
+    /// After `DISCARD ALL`: the server has none left.
+    pub fn clear(&mut self) {
+        self.used.clear();
+        self.names.clear();
+        self.stale.clear();
+    }
+
+    pub fn len(&self) -> usize {
+        self.used.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.used.is_empty()
+    }
+}
+
+/// The keys are SHA-256 prefixes, already uniform: their low bits are the hash.
+#[derive(Default)]
+struct DigestHasher(u64);
+
+impl Hasher for DigestHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes.iter().take(8) {
+            self.0 = (self.0 << 8) | u64::from(b);
+        }
+    }
+
+    fn write_u128(&mut self, n: u128) {
+        self.0 = n as u64;
+    }
+}
+
+/// `Close` of a server statement.
+pub fn close_message(buf: &mut BytesMut, name: &[u8]) {
+    buf.put_u8(b'C');
+    buf.put_i32((4 + 1 + name.len() + 1) as i32);
+    buf.put_u8(b'S');
+    buf.put_slice(name);
+    buf.put_u8(0);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const REST: &[u8] = b"SELECT * FROM products WHERE id = $1\0\0\x01\0\0\0\x17";
+
+    #[test]
+    fn names_depend_on_namespace_query_and_types() {
+        let a = Statement::new(b"acme", REST);
+        assert_eq!(a, Statement::new(b"acme", REST));
+        assert_ne!(a.id, Statement::new(b"globex", REST).id);
+        assert_ne!(a.id, Statement::new(b"acme", b"SELECT 1\0\0\0").id);
+        let untyped = b"SELECT * FROM products WHERE id = $1\0\0\0";
+        assert_ne!(a.id, Statement::new(b"acme", untyped).id);
+        // The namespace length is hashed, so shifting bytes between the two differs.
+        assert_ne!(
+            Statement::new(b"ab", b"c\0\0\0").id,
+            Statement::new(b"a", b"bc\0\0\0").id
+        );
+        assert!(a.name.starts_with(PREFIX.as_bytes()));
+        assert!(a.name.len() < 64, "fits NAMEDATALEN");
+    }
+
+    #[test]
+    fn parse_message_is_well_formed() {
+        let s = Statement::new(b"acme", REST);
+        let mut buf = BytesMut::from(&s.parse[..]);
+        let msg = postgres_protocol::message::frontend::parse;
+        let mut expected = BytesMut::new();
+        let name = std::str::from_utf8(&s.name).unwrap();
+        msg(
+            name,
+            "SELECT * FROM products WHERE id = $1",
+            [23],
+            &mut expected,
+        )
+        .unwrap();
+        assert_eq!(buf.split(), expected);
+    }
+
+    #[test]
+    fn server_statements_evict_the_least_recently_used() {
+        let s: Vec<Statement> = (0..3)
+            .map(|i| Statement::new(b"ns", format!("SELECT {i}\0\0\0").as_bytes()))
+            .collect();
+        let mut server = ServerStatements::default();
+        assert_eq!(server.insert(&s[0], 2), None);
+        assert_eq!(server.insert(&s[1], 2), None);
+        assert!(server.touch(s[0].id));
+        let evicted = server.insert(&s[2], 2).unwrap();
+        assert_eq!(evicted, (s[1].id, s[1].name.clone()));
+        assert!(!server.touch(s[1].id));
+        assert!(server.touch(s[0].id) && server.touch(s[2].id));
+        assert_eq!(server.len(), 2);
+        server.clear();
+        assert!(server.is_empty());
+    }
+}

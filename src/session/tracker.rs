@@ -1,0 +1,813 @@
+//! Where one transaction stands, from the messages seen both ways, and the
+//! rewriting of client messages that name prepared statements.
+//!
+//! Every message written to the server that gets replies has an entry in a
+//! queue, in write order ([`Reply`]). Server messages are matched against the
+//! queue's front: that is how the proxy knows which replies are its own (to
+//! swallow), where to put replies it makes itself (a `ParseComplete` for a
+//! statement the server already had), and when the transaction is over. After an
+//! error in extended protocol the server skips everything up to `Sync`; so does
+//! the queue, undoing what the skipped messages would have done.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+
+use bytes::{BufMut, Bytes, BytesMut};
+
+use super::relay::RelayError;
+use crate::error::ClientError;
+use crate::prepared::{self, ClientStatements, ServerStatements, Statement};
+use crate::protocol::TxStatus;
+use crate::protocol::frame::{Frame, Frames, read_cstr};
+use crate::tenant::scan;
+
+const PARSE_COMPLETE: &[u8] = b"1\0\0\0\x04";
+const CLOSE_COMPLETE: &[u8] = b"3\0\0\0\x04";
+/// A `Parse` of the unnamed statement that always fails (a syntax error), put
+/// where a client message must fail the way PostgreSQL would fail it: the server
+/// then skips to `Sync` and fails an open transaction block, exactly as for a
+/// real error, and the proxy shows the client its own error instead.
+const FAILING_PARSE: &[u8] = b"P\0\0\0\x18\0pgtenant refused\0\0\0";
+
+/// What the server's replies to one written message mean to the proxy.
+#[derive(Debug)]
+enum Reply {
+    /// A client `Query` or `FunctionCall`: everything up to its `ReadyForQuery`.
+    Query,
+    /// The proxy's own `Query` (context, reset): swallowed up to its `ReadyForQuery`.
+    Own,
+    Sync,
+    /// A client `Parse`, forwarded; undone if it fails.
+    Parse(Option<Undo>),
+    /// A `Bind` or `Describe` of the server statement `id`, if named.
+    Bind(Option<u128>),
+    Describe(Option<u128>),
+    Execute,
+    Close,
+    /// A `Parse` the proxy put in front of a client's `Bind` or `Describe`.
+    OwnParse(Option<Arc<Statement>>),
+    /// A `Close` of a statement evicted from the server (or of a stale one: `None`).
+    OwnClose(Option<u128>, Bytes),
+    /// A reply the proxy writes itself, in its place in the stream.
+    Fake(&'static [u8], Option<Bytes>),
+    /// The [`FAILING_PARSE`]: its error is replaced by this one.
+    Fail(Bytes),
+    /// No reply: where the client ended a COPY IN (`CopyDone`/`CopyFail`).
+    CopyEnd,
+}
+
+/// What to take back when a client's `Parse` fails or is skipped.
+#[derive(Debug)]
+enum Undo {
+    Named(Bytes, u128),
+    Unnamed,
+}
+
+/// What to do with one server message.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Action {
+    Forward,
+    Swallow,
+    Replace(Bytes),
+}
+
+/// A client's statements and the server's, borrowed for one batch.
+pub struct Statements<'a> {
+    pub client: &'a mut ClientStatements,
+    pub server: &'a mut ServerStatements,
+    /// Tenant namespace that keys server statements.
+    pub namespace: &'a [u8],
+    pub server_limit: usize,
+    pub client_limit: usize,
+}
+
+#[derive(Debug)]
+pub struct Tracker {
+    replies: VecDeque<Reply>,
+    /// Extended-protocol messages forwarded since the last `Sync`.
+    unsynced: bool,
+    /// The server hit an error and ignores messages until `Sync`.
+    skipping: bool,
+    pub status: TxStatus,
+    /// A forwarded statement may have changed session state.
+    pub dirty: bool,
+    /// The server holds the client's current unnamed statement.
+    unnamed_ready: bool,
+    /// The first error of the proxy's own queries.
+    pub context_error: Option<String>,
+    /// The server is in COPY IN and the client has not ended it yet: its
+    /// `Sync`s are ignored by the server, so they get no entry.
+    copy_in: bool,
+}
+
+impl Tracker {
+    pub fn new() -> Tracker {
+        Tracker {
+            replies: VecDeque::new(),
+            unsynced: false,
+            skipping: false,
+            status: TxStatus::Idle,
+            dirty: false,
+            unnamed_ready: false,
+            context_error: None,
+            copy_in: false,
+        }
+    }
+
+    pub fn at_boundary(&self) -> bool {
+        self.replies.iter().all(|r| matches!(r, Reply::CopyEnd))
+            && !self.unsynced
+            && self.status == TxStatus::Idle
+    }
+
+    /// Notes one of the proxy's own `Query` messages, written before the client's.
+    pub fn own_query(&mut self) {
+        self.replies.push_back(Reply::Own);
+    }
+
+    /// Takes the complete client messages at the front of `buf`, translating
+    /// statement names. Returns how many bytes were taken and whether the client
+    /// sent `Terminate` there. What to write to the server is then `out` if
+    /// non-empty (it may already hold the proxy's own messages), else `buf[..n]`.
+    pub fn client_messages(
+        &mut self,
+        buf: &[u8],
+        max_len: usize,
+        st: &mut Statements<'_>,
+        out: &mut BytesMut,
+    ) -> Result<(usize, bool), RelayError> {
+        let mut w = Splicer {
+            buf,
+            out,
+            copied: 0,
+            copying: false,
+        };
+        w.copying = !w.out.is_empty();
+        if !self.skipping {
+            for name in st.server.take_stale() {
+                w.copying = true;
+                prepared::close_message(w.out, &name);
+                self.replies.push_back(Reply::OwnClose(None, name));
+            }
+        }
+        let mut frames = Frames::new(buf, max_len);
+        for frame in &mut frames {
+            let frame = frame?;
+            let body = frame.body(buf);
+            if self.skipping && !matches!(frame.tag, b'S' | b'X') {
+                // The server ignores these until Sync: forward them as they are.
+                continue;
+            }
+            match frame.tag {
+                b'Q' => {
+                    self.replies.push_back(Reply::Query);
+                    self.unnamed_ready = false;
+                    self.dirty |= scan::may_change_session(body);
+                }
+                b'F' => self.replies.push_back(Reply::Query),
+                b'S' if self.copy_in => {}
+                b'S' => {
+                    self.replies.push_back(Reply::Sync);
+                    self.unsynced = false;
+                    self.skipping = false;
+                }
+                b'c' | b'f' => {
+                    self.copy_in = false;
+                    self.replies.push_back(Reply::CopyEnd);
+                }
+                b'P' => self.parse(frame, body, st, &mut w)?,
+                b'B' => self.bind(frame, body, st, &mut w)?,
+                b'D' => self.describe(frame, body, st, &mut w)?,
+                b'C' => self.close(frame, body, st, &mut w)?,
+                b'E' => {
+                    self.unsynced = true;
+                    self.replies.push_back(Reply::Execute);
+                }
+                b'H' | b'd' => {}
+                b'X' => {
+                    w.finish(frame.start);
+                    return Ok((frame.start, true));
+                }
+                other => {
+                    return Err(RelayError::Refused(ClientError::protocol_violation(
+                        format!("invalid frontend message type {}", other as char),
+                    )));
+                }
+            }
+        }
+        let n = frames.consumed();
+        w.finish(n);
+        Ok((n, false))
+    }
+
+    fn parse(
+        &mut self,
+        frame: Frame,
+        body: &[u8],
+        st: &mut Statements<'_>,
+        w: &mut Splicer<'_>,
+    ) -> Result<(), RelayError> {
+        self.unsynced = true;
+        let (name, rest) = read_cstr(body).ok_or_else(|| malformed("Parse"))?;
+        let query = read_cstr(rest).map(|(q, _)| q);
+        self.dirty |= query.is_none_or(scan::may_change_session);
+        if name.is_empty() {
+            st.client.set_unnamed(rest);
+            self.unnamed_ready = true;
+            self.replies.push_back(Reply::Parse(Some(Undo::Unnamed)));
+            return Ok(());
+        }
+        if st.client.contains(name) {
+            return self.fail(frame, w, &ClientError::statement_exists(name));
+        }
+        if st.client.len() >= st.client_limit {
+            return self.fail(frame, w, &ClientError::too_many_statements(st.client_limit));
+        }
+        let statement = Arc::new(Statement::new(st.namespace, rest));
+        let name = Bytes::copy_from_slice(name);
+        st.client.insert(name.clone(), Arc::clone(&statement));
+        w.drop_frame(frame);
+        if st.server.touch(statement.id) {
+            self.replies
+                .push_back(Reply::Fake(PARSE_COMPLETE, Some(name)));
+        } else {
+            self.prepare_on_server(&statement, st, w);
+            // The injected Parse stands for the client's: its reply is forwarded.
+            let own = self.replies.pop_back();
+            debug_assert!(matches!(own, Some(Reply::OwnParse(_))));
+            self.replies
+                .push_back(Reply::Parse(Some(Undo::Named(name, statement.id))));
+        }
+        Ok(())
+    }
+
+    fn bind(
+        &mut self,
+        frame: Frame,
+        body: &[u8],
+        st: &mut Statements<'_>,
+        w: &mut Splicer<'_>,
+    ) -> Result<(), RelayError> {
+        self.unsynced = true;
+        let (portal, rest) = read_cstr(body).ok_or_else(|| malformed("Bind"))?;
+        let (name, after) = read_cstr(rest).ok_or_else(|| malformed("Bind"))?;
+        if name.is_empty() {
+            if !self.ensure_unnamed(frame, st, w) {
+                return Ok(());
+            }
+            self.replies.push_back(Reply::Bind(None));
+            return Ok(());
+        }
+        let Some(statement) = st.client.get(name).cloned() else {
+            return self.fail(frame, w, &ClientError::statement_missing(name));
+        };
+        w.drop_frame(frame);
+        self.ensure_prepared(&statement, st, w);
+        let out = &mut *w.out;
+        out.put_u8(b'B');
+        out.put_i32((4 + portal.len() + 1 + statement.name.len() + 1 + after.len()) as i32);
+        out.put_slice(portal);
+        out.put_u8(0);
+        out.put_slice(&statement.name);
+        out.put_u8(0);
+        out.put_slice(after);
+        self.replies.push_back(Reply::Bind(Some(statement.id)));
+        Ok(())
+    }
+
+    fn describe(
+        &mut self,
+        frame: Frame,
+        body: &[u8],
+        st: &mut Statements<'_>,
+        w: &mut Splicer<'_>,
+    ) -> Result<(), RelayError> {
+        self.unsynced = true;
+        let (&kind, rest) = body.split_first().ok_or_else(|| malformed("Describe"))?;
+        let (name, _) = read_cstr(rest).ok_or_else(|| malformed("Describe"))?;
+        if kind != b'S' {
+            self.replies.push_back(Reply::Describe(None));
+            return Ok(());
+        }
+        if name.is_empty() {
+            if self.ensure_unnamed(frame, st, w) {
+                self.replies.push_back(Reply::Describe(None));
+            }
+            return Ok(());
+        }
+        let Some(statement) = st.client.get(name).cloned() else {
+            return self.fail(frame, w, &ClientError::statement_missing(name));
+        };
+        w.drop_frame(frame);
+        self.ensure_prepared(&statement, st, w);
+        let out = &mut *w.out;
+        out.put_u8(b'D');
+        out.put_i32((4 + 1 + statement.name.len() + 1) as i32);
+        out.put_u8(b'S');
+        out.put_slice(&statement.name);
+        out.put_u8(0);
+        self.replies.push_back(Reply::Describe(Some(statement.id)));
+        Ok(())
+    }
+
+    fn close(
+        &mut self,
+        frame: Frame,
+        body: &[u8],
+        st: &mut Statements<'_>,
+        w: &mut Splicer<'_>,
+    ) -> Result<(), RelayError> {
+        self.unsynced = true;
+        let (&kind, rest) = body.split_first().ok_or_else(|| malformed("Close"))?;
+        let (name, _) = read_cstr(rest).ok_or_else(|| malformed("Close"))?;
+        if kind == b'S' && !name.is_empty() {
+            // Only the client's name goes: others may use the server statement.
+            st.client.remove(name);
+            w.drop_frame(frame);
+            self.replies.push_back(Reply::Fake(CLOSE_COMPLETE, None));
+            return Ok(());
+        }
+        if kind == b'S' {
+            st.client.forget_unnamed();
+            self.unnamed_ready = false;
+        }
+        self.replies.push_back(Reply::Close);
+        Ok(())
+    }
+
+    /// Makes sure the server has `statement`, writing a `Parse` first if not.
+    fn ensure_prepared(
+        &mut self,
+        statement: &Arc<Statement>,
+        st: &mut Statements<'_>,
+        w: &mut Splicer<'_>,
+    ) {
+        if !st.server.touch(statement.id) {
+            self.prepare_on_server(statement, st, w);
+        }
+    }
+
+    fn prepare_on_server(
+        &mut self,
+        statement: &Arc<Statement>,
+        st: &mut Statements<'_>,
+        w: &mut Splicer<'_>,
+    ) {
+        if let Some((id, name)) = st.server.insert(statement, st.server_limit) {
+            prepared::close_message(w.out, &name);
+            self.replies.push_back(Reply::OwnClose(Some(id), name));
+        }
+        w.out.extend_from_slice(&statement.parse);
+        self.replies
+            .push_back(Reply::OwnParse(Some(Arc::clone(statement))));
+    }
+
+    /// Before a `Bind` or `Describe` of the unnamed statement on a server that
+    /// may not have the client's: re-parse it, or fail as PostgreSQL would when
+    /// there is none. Returns whether the message goes on to the server.
+    fn ensure_unnamed(
+        &mut self,
+        frame: Frame,
+        st: &mut Statements<'_>,
+        w: &mut Splicer<'_>,
+    ) -> bool {
+        if self.unnamed_ready {
+            return true;
+        }
+        let Some(rest) = st.client.unnamed() else {
+            let _ = self.fail(frame, w, &ClientError::statement_missing(b""));
+            return false;
+        };
+        w.insert_before(frame);
+        let out = &mut *w.out;
+        out.put_u8(b'P');
+        out.put_i32((4 + 1 + rest.len()) as i32);
+        out.put_u8(0);
+        out.put_slice(rest);
+        self.replies.push_back(Reply::OwnParse(None));
+        self.unnamed_ready = true;
+        true
+    }
+
+    /// Replaces the message at `frame` with one that fails on the server, and
+    /// shows the client `err` in its place.
+    fn fail(
+        &mut self,
+        frame: Frame,
+        w: &mut Splicer<'_>,
+        err: &ClientError,
+    ) -> Result<(), RelayError> {
+        w.drop_frame(frame);
+        w.out.extend_from_slice(FAILING_PARSE);
+        self.unnamed_ready = false;
+        let mut shown = BytesMut::new();
+        err.encode(&mut shown);
+        self.replies.push_back(Reply::Fail(shown.freeze()));
+        Ok(())
+    }
+
+    pub fn fake_due(&self) -> bool {
+        matches!(self.replies.front(), Some(Reply::Fake(..)))
+    }
+
+    /// Replies the proxy makes itself that are due now (nothing is owed before
+    /// them), appended to `out`.
+    pub fn due_fakes(&mut self, out: &mut BytesMut) {
+        while let Some(Reply::Fake(msg, _)) = self.replies.front() {
+            out.extend_from_slice(msg);
+            self.replies.pop_front();
+        }
+    }
+
+    /// Matches one server message against what is owed.
+    pub fn server_message(
+        &mut self,
+        tag: u8,
+        body: &[u8],
+        st: &mut Statements<'_>,
+    ) -> Result<Action, RelayError> {
+        while let Some(Reply::CopyEnd) = self.replies.front() {
+            self.replies.pop_front();
+        }
+        let Some(front) = self.replies.front() else {
+            return match tag {
+                b'N' | b'S' | b'A' => Ok(Action::Forward),
+                _ => Err(unexpected(tag)),
+            };
+        };
+        let action = match (front, tag) {
+            (Reply::Own, b'Z') => {
+                self.replies.pop_front();
+                Action::Swallow
+            }
+            (Reply::Own, b'E') => {
+                self.context_error.get_or_insert_with(|| error_text(body));
+                Action::Swallow
+            }
+            (Reply::Own, _) => Action::Swallow,
+            (Reply::Query | Reply::Sync, b'Z') => {
+                self.replies.pop_front();
+                self.status = body
+                    .first()
+                    .copied()
+                    .and_then(TxStatus::from_byte)
+                    .ok_or_else(|| unexpected(tag))?;
+                Action::Forward
+            }
+            (Reply::Query, _) | (Reply::Sync, b'E') | (_, b'N' | b'S' | b'A') => Action::Forward,
+            (_, b'E') => {
+                let failed = self.replies.pop_front().expect("front exists");
+                let action = match failed {
+                    Reply::Fail(shown) => Action::Replace(shown),
+                    Reply::Bind(Some(id)) | Reply::Describe(Some(id))
+                        if error_code(body) == Some(b"0A000".as_slice()) =>
+                    {
+                        // "cached plan must not change result type": prepare it
+                        // afresh next time.
+                        st.server.mark_stale(id);
+                        Action::Forward
+                    }
+                    other => {
+                        self.undo(other, st);
+                        Action::Forward
+                    }
+                };
+                self.skip_to_sync(st);
+                action
+            }
+            (Reply::Parse(_), b'1')
+            | (Reply::Bind(_), b'2')
+            | (Reply::Close, b'3')
+            | (Reply::Describe(_), b'T' | b'n')
+            | (Reply::Execute, b'C' | b'I' | b's') => {
+                self.replies.pop_front();
+                Action::Forward
+            }
+            (Reply::OwnParse(_), b'1') | (Reply::OwnClose(..), b'3') => {
+                self.replies.pop_front();
+                Action::Swallow
+            }
+            (Reply::Execute, b'G') => {
+                self.enter_copy_in();
+                Action::Forward
+            }
+            (Reply::Describe(_), b't') | (Reply::Execute, _) => Action::Forward,
+            _ => return Err(unexpected(tag)),
+        };
+        Ok(action)
+    }
+
+    /// An `Execute` started COPY IN: the server ignores `Sync` until the client's
+    /// `CopyDone` or `CopyFail`, so those already queued before it get no reply.
+    fn enter_copy_in(&mut self) {
+        let mut i = 1;
+        while i < self.replies.len() {
+            match self.replies[i] {
+                Reply::CopyEnd => return,
+                Reply::Sync => {
+                    self.replies.remove(i);
+                }
+                _ => i += 1,
+            }
+        }
+        self.copy_in = true;
+    }
+
+    /// The server skips everything up to the next `Sync` after an error.
+    fn skip_to_sync(&mut self, st: &mut Statements<'_>) {
+        while let Some(front) = self.replies.front() {
+            if matches!(front, Reply::Sync) {
+                return;
+            }
+            let skipped = self.replies.pop_front().expect("front exists");
+            self.undo(skipped, st);
+        }
+        self.skipping = true;
+    }
+
+    /// Takes back the bookkeeping of a message that failed or was skipped.
+    fn undo(&mut self, reply: Reply, st: &mut Statements<'_>) {
+        match reply {
+            Reply::Parse(Some(Undo::Named(name, id))) => {
+                st.client.remove(&name);
+                st.server.remove(id);
+            }
+            Reply::Parse(Some(Undo::Unnamed)) => {
+                st.client.forget_unnamed();
+                self.unnamed_ready = false;
+            }
+            Reply::OwnParse(Some(statement)) => st.server.remove(statement.id),
+            Reply::OwnParse(None) => self.unnamed_ready = false,
+            Reply::OwnClose(Some(id), name) => st.server.restore(id, name),
+            Reply::OwnClose(None, name) => st.server.restore_stale(name),
+            Reply::Fake(_, Some(name)) => st.client.remove(&name),
+            _ => {}
+        }
+    }
+}
+
+/// Builds the bytes for the server when some client messages are rewritten:
+/// unchanged runs are copied from the client buffer around the rewritten ones.
+struct Splicer<'a> {
+    buf: &'a [u8],
+    out: &'a mut BytesMut,
+    /// `buf[..copied]` is accounted for in `out`.
+    copied: usize,
+    copying: bool,
+}
+
+impl Splicer<'_> {
+    /// Copies what precedes `frame`, and leaves `frame` out.
+    fn drop_frame(&mut self, frame: Frame) {
+        self.out
+            .extend_from_slice(&self.buf[self.copied..frame.start]);
+        self.copied = frame.end;
+        self.copying = true;
+    }
+
+    /// Copies what precedes `frame`, so that what is written next goes before it.
+    fn insert_before(&mut self, frame: Frame) {
+        self.out
+            .extend_from_slice(&self.buf[self.copied..frame.start]);
+        self.copied = frame.start;
+        self.copying = true;
+    }
+
+    fn finish(&mut self, end: usize) {
+        if self.copying && end > self.copied {
+            self.out.extend_from_slice(&self.buf[self.copied..end]);
+            self.copied = end;
+        }
+    }
+}
+
+fn malformed(what: &str) -> RelayError {
+    RelayError::Refused(ClientError::protocol_violation(format!(
+        "malformed {what} message"
+    )))
+}
+
+fn unexpected(tag: u8) -> RelayError {
+    RelayError::ServerLost(std::io::Error::other(format!(
+        "unexpected message {:?} from server",
+        tag as char
+    )))
+}
+
+/// The value of one field of an ErrorResponse body.
+fn error_field(body: &[u8], wanted: u8) -> Option<&[u8]> {
+    let mut rest = body;
+    while let Some((&field, after)) = rest.split_first() {
+        if field == 0 {
+            return None;
+        }
+        let (value, next) = read_cstr(after)?;
+        if field == wanted {
+            return Some(value);
+        }
+        rest = next;
+    }
+    None
+}
+
+fn error_code(body: &[u8]) -> Option<&[u8]> {
+    error_field(body, b'C')
+}
+
+/// `SQLSTATE: message` of an ErrorResponse body, for the log.
+pub fn error_text(body: &[u8]) -> String {
+    let code = error_code(body).map_or("?????".into(), String::from_utf8_lossy);
+    let message = error_field(body, b'M').map_or("".into(), String::from_utf8_lossy);
+    format!("{code}: {message}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::frame::encode as msg;
+
+    struct Sets {
+        client: ClientStatements,
+        server: ServerStatements,
+    }
+
+    impl Sets {
+        fn new() -> Sets {
+            Sets {
+                client: ClientStatements::default(),
+                server: ServerStatements::default(),
+            }
+        }
+
+        fn st(&mut self) -> Statements<'_> {
+            Statements {
+                client: &mut self.client,
+                server: &mut self.server,
+                namespace: b"ns",
+                server_limit: 10,
+                client_limit: 10,
+            }
+        }
+    }
+
+    fn feed(t: &mut Tracker, sets: &mut Sets, buf: &[u8]) -> (usize, bool, BytesMut) {
+        let mut out = BytesMut::new();
+        let (n, x) = t
+            .client_messages(buf, 1024, &mut sets.st(), &mut out)
+            .unwrap();
+        (n, x, out)
+    }
+
+    fn reply(t: &mut Tracker, sets: &mut Sets, tag: u8, body: &[u8]) -> Action {
+        t.server_message(tag, body, &mut sets.st()).unwrap()
+    }
+
+    #[test]
+    fn pipelined_queries_and_syncs_end_at_the_last_ready_for_query() {
+        let (mut t, mut sets) = (Tracker::new(), Sets::new());
+        let mut buf = msg(b'Q', b"SELECT 1\0");
+        buf.extend(msg(b'P', b"\0SELECT 2\0\0\0"));
+        buf.extend(msg(b'B', b"\0\0\0\0\0\0\0\0"));
+        buf.extend(msg(b'E', b"\0\0\0\0\0"));
+        let (n, terminated, out) = feed(&mut t, &mut sets, &buf);
+        assert_eq!((n, terminated), (buf.len(), false));
+        assert!(out.is_empty(), "nothing to rewrite: bytes go as they are");
+        feed(&mut t, &mut sets, &msg(b'S', b""));
+        for (tag, body) in [
+            (b'T', &b""[..]),
+            (b'D', b""),
+            (b'C', b"SELECT 1\0"),
+            (b'Z', b"I"),
+        ] {
+            assert_eq!(reply(&mut t, &mut sets, tag, body), Action::Forward);
+        }
+        assert!(!t.at_boundary());
+        for (tag, body) in [
+            (b'1', &b""[..]),
+            (b'2', b""),
+            (b'C', b"SELECT 1\0"),
+            (b'Z', b"I"),
+        ] {
+            assert_eq!(reply(&mut t, &mut sets, tag, body), Action::Forward);
+        }
+        assert!(t.at_boundary());
+        assert!(!t.dirty);
+    }
+
+    #[test]
+    fn terminate_stops_forwarding_and_unknown_tags_are_violations() {
+        let (mut t, mut sets) = (Tracker::new(), Sets::new());
+        let mut buf = msg(b'Q', b"SELECT 1\0");
+        let q_len = buf.len();
+        buf.extend(msg(b'X', b""));
+        let (n, terminated, _) = feed(&mut t, &mut sets, &buf);
+        assert_eq!((n, terminated), (q_len, true));
+        let mut out = BytesMut::new();
+        assert!(matches!(
+            Tracker::new().client_messages(&msg(b'?', b""), 1024, &mut sets.st(), &mut out),
+            Err(RelayError::Refused(_))
+        ));
+    }
+
+    #[test]
+    fn session_changing_statements_mark_the_server_for_reset() {
+        let (mut t, mut sets) = (Tracker::new(), Sets::new());
+        feed(&mut t, &mut sets, &msg(b'Q', b"SET work_mem = '1GB'\0"));
+        assert!(t.dirty);
+        let mut t = Tracker::new();
+        feed(
+            &mut t,
+            &mut sets,
+            &msg(b'P', b"s1\0SELECT set_config('a.b', 'c', false)\0\0\0"),
+        );
+        assert!(t.dirty);
+    }
+
+    #[test]
+    fn named_statements_are_translated_and_prepared_once_per_server() {
+        let (mut t, mut sets) = (Tracker::new(), Sets::new());
+        let mut buf = msg(b'P', b"s1\0SELECT 1\0\0\0");
+        buf.extend(msg(b'B', b"\0s1\0\0\0\0\0\0\0"));
+        buf.extend(msg(b'S', b""));
+        let (_, _, out) = feed(&mut t, &mut sets, &buf);
+        let statement = Statement::new(b"ns", b"SELECT 1\0\0\0");
+        assert!(
+            out.starts_with(&statement.parse),
+            "the Parse goes out under the proxy's name"
+        );
+        assert!(
+            !out.windows(3).any(|w| w == b"s1\0"),
+            "the client's name never reaches the server"
+        );
+        // On a second server-side use nothing is prepared again, and the
+        // client's own Parse under another name is answered by the proxy.
+        let mut t = Tracker::new();
+        let (_, _, out) = feed(&mut t, &mut sets, &msg(b'P', b"s2\0SELECT 1\0\0\0"));
+        assert!(out.is_empty() || !out.starts_with(b"P"));
+        let mut fakes = BytesMut::new();
+        t.due_fakes(&mut fakes);
+        assert_eq!(&fakes[..], PARSE_COMPLETE);
+    }
+
+    #[test]
+    fn an_error_skips_to_sync_and_undoes_what_was_skipped() {
+        let (mut t, mut sets) = (Tracker::new(), Sets::new());
+        let mut buf = msg(b'P', b"bad\0SELEC\0\0\0");
+        buf.extend(msg(b'P', b"good\0SELECT 1\0\0\0"));
+        feed(&mut t, &mut sets, &buf);
+        assert_eq!(sets.client.len(), 2);
+        let err = b"SERROR\0C42601\0Msyntax error\0\0";
+        assert_eq!(reply(&mut t, &mut sets, b'E', err), Action::Forward);
+        assert!(sets.client.is_empty(), "neither Parse took effect");
+        assert!(sets.server.is_empty());
+        // Until the client's Sync, its messages are ignored by the server.
+        feed(&mut t, &mut sets, &msg(b'B', b"\0good\0\0\0\0\0\0\0"));
+        feed(&mut t, &mut sets, &msg(b'S', b""));
+        assert_eq!(reply(&mut t, &mut sets, b'Z', b"I"), Action::Forward);
+        assert!(t.at_boundary());
+    }
+
+    #[test]
+    fn a_refused_message_fails_on_the_server_with_the_clients_error() {
+        let (mut t, mut sets) = (Tracker::new(), Sets::new());
+        let mut buf = msg(b'B', b"\0nope\0\0\0\0\0\0\0");
+        buf.extend(msg(b'S', b""));
+        let (_, _, out) = feed(&mut t, &mut sets, &buf);
+        assert!(out.starts_with(FAILING_PARSE));
+        let mut frames = Frames::new(FAILING_PARSE, 1024);
+        assert_eq!(frames.next().unwrap().unwrap().end, FAILING_PARSE.len());
+        let Action::Replace(shown) = reply(&mut t, &mut sets, b'E', b"C42601\0\0") else {
+            panic!("the server's syntax error must be replaced");
+        };
+        assert_eq!(
+            error_text(&shown[5..]),
+            "26000: prepared statement \"nope\" does not exist"
+        );
+    }
+
+    #[test]
+    fn syncs_sent_during_copy_in_get_no_reply() {
+        let (mut t, mut sets) = (Tracker::new(), Sets::new());
+        let mut buf = msg(b'P', b"\0COPY t FROM STDIN\0\0\0");
+        buf.extend(msg(b'B', b"\0\0\0\0\0\0\0\0"));
+        buf.extend(msg(b'E', b"\0\0\0\0\0"));
+        buf.extend(msg(b'S', b""));
+        feed(&mut t, &mut sets, &buf);
+        reply(&mut t, &mut sets, b'1', b"");
+        reply(&mut t, &mut sets, b'2', b"");
+        reply(&mut t, &mut sets, b'G', b"\0\0\0");
+        let mut buf = msg(b'd', b"row\n");
+        buf.extend(msg(b'c', b""));
+        buf.extend(msg(b'S', b""));
+        feed(&mut t, &mut sets, &buf);
+        reply(&mut t, &mut sets, b'C', b"COPY 1\0");
+        reply(&mut t, &mut sets, b'Z', b"I");
+        assert!(t.at_boundary());
+    }
+
+    #[test]
+    fn error_text_reads_code_and_message() {
+        let body = b"SERROR\0C42704\0Mrole \"x\" does not exist\0\0";
+        assert_eq!(error_text(body), "42704: role \"x\" does not exist");
+    }
+}

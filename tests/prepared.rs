@@ -1,0 +1,298 @@
+//! Named prepared statements under transaction pooling: drivers keep using them
+//! while their transactions move between shared servers.
+
+mod common;
+
+use bytes::BytesMut;
+use common::*;
+use postgres_protocol::message::frontend;
+
+/// One tier with a single server, so every client shares it.
+fn one_server_config(db: &str, extra_limits: &str) -> String {
+    config(
+        db,
+        "\n  shared: { pool_size: 1 }",
+        &tenants("shared", "shared", "shared", "shared"),
+    )
+    .replacen(
+        "listen: 127.0.0.1:0\n",
+        &format!("listen: 127.0.0.1:0\n{extra_limits}"),
+        1,
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn named_statements_follow_clients_across_a_shared_server() {
+    let db = pg().database("prep_shared");
+    let proxy = start(&one_server_config(&db, "")).await;
+    let acme = proxy.connect("acme", &db).await;
+    let umbrella = proxy.connect("umbrella", &db).await;
+    // tokio-postgres prepares every statement under a name of its own ("s0", "s1"…),
+    // so the two clients use the same client names for different SQL.
+    let a_org = acme
+        .prepare("SELECT name FROM organizations")
+        .await
+        .unwrap();
+    let u_cnt = umbrella
+        .prepare("SELECT count(*) FROM products WHERE price::float8 > $1")
+        .await
+        .unwrap();
+    let a_cnt = acme
+        .prepare("SELECT count(*) FROM products WHERE price::float8 > $1")
+        .await
+        .unwrap();
+    for i in 0..10 {
+        let name: String = acme.query_one(&a_org, &[]).await.unwrap().get(0);
+        assert_eq!(name, "Acme Inc.");
+        let n: i64 = umbrella
+            .query_one(&u_cnt, &[&15.0f64])
+            .await
+            .unwrap()
+            .get(0);
+        assert_eq!(n, 1, "umbrella has one product above 15 (round {i})");
+        let n: i64 = acme.query_one(&a_cnt, &[&0.0f64]).await.unwrap().get(0);
+        assert_eq!(n, 2);
+        // A statement prepared and used inside one explicit transaction too.
+        let tx = umbrella.simple_query("BEGIN").await.unwrap();
+        drop(tx);
+        let rows = umbrella
+            .query("SELECT name FROM products ORDER BY name", &[])
+            .await
+            .unwrap();
+        assert_eq!(rows.len(), 2);
+        umbrella.simple_query("COMMIT").await.unwrap();
+    }
+    // Both statements with the same SQL share one server statement: the server
+    // has at most the three distinct ones plus what the loop's query() made.
+    let on_server = one(&acme, "SELECT count(*) FROM pg_prepared_statements").await;
+    assert!(
+        on_server.parse::<i64>().unwrap() <= 5,
+        "server has {on_server}"
+    );
+}
+
+/// Two schema-per-tenant tenants whose `products` tables differ in column types:
+/// the same SQL text must never run one tenant's statement under the other's
+/// `search_path`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn same_sql_in_two_schemas_never_shares_a_statement() {
+    let db = pg().database("prep_schemas");
+    pg().psql(
+        &db,
+        "DO $$ BEGIN CREATE ROLE tenant_hooli NOLOGIN; EXCEPTION WHEN duplicate_object THEN NULL; END $$;
+         GRANT tenant_hooli TO pgtenant_app;
+         CREATE SCHEMA hooli AUTHORIZATION saas_owner;
+         GRANT USAGE ON SCHEMA hooli TO tenant_hooli;
+         CREATE TABLE hooli.products (sku integer PRIMARY KEY, name text, price text);
+         ALTER TABLE hooli.products OWNER TO saas_owner;
+         GRANT SELECT ON hooli.products TO tenant_hooli;
+         INSERT INTO hooli.products VALUES (7, 'middle-out', 'priceless');",
+    );
+    let tenants = "
+  globex: { tier: shared, cluster: main, schema: globex, role: tenant_globex }
+  hooli:  { tier: shared, cluster: main, schema: hooli, role: tenant_hooli }
+";
+    let proxy = start(&config(&db, "\n  shared: { pool_size: 1 }", tenants)).await;
+    let globex = proxy.connect("globex", &db).await;
+    let hooli = proxy.connect("hooli", &db).await;
+    let sql = "SELECT sku, price FROM products ORDER BY sku LIMIT 1";
+    let g = globex.prepare(sql).await.unwrap();
+    let h = hooli.prepare(sql).await.unwrap();
+    assert_eq!(g.columns()[0].type_(), &tokio_postgres::types::Type::TEXT);
+    assert_eq!(h.columns()[0].type_(), &tokio_postgres::types::Type::INT4);
+    for _ in 0..5 {
+        let row = globex.query_one(&g, &[]).await.unwrap();
+        assert_eq!(row.get::<_, String>(0), "GX-1");
+        let row = hooli.query_one(&h, &[]).await.unwrap();
+        assert_eq!(row.get::<_, i32>(0), 7);
+        assert_eq!(row.get::<_, String>(1), "priceless");
+        // And statements prepared on the fly, as query() does.
+        let row = hooli.query_one(sql, &[]).await.unwrap();
+        assert_eq!(row.get::<_, i32>(0), 7);
+        let row = globex.query_one(sql, &[]).await.unwrap();
+        assert_eq!(row.get::<_, String>(0), "GX-1");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn closing_a_statement_does_not_break_another_client_using_it() {
+    let db = pg().database("prep_close");
+    let proxy = start(&one_server_config(&db, "")).await;
+    let first = proxy.connect("acme", &db).await;
+    let second = proxy.connect("acme", &db).await;
+    let sql = "SELECT count(*) FROM products";
+    let a = first.prepare(sql).await.unwrap();
+    let b = second.prepare(sql).await.unwrap();
+    assert_eq!(first.query_one(&a, &[]).await.unwrap().get::<_, i64>(0), 2);
+    drop(a); // tokio-postgres sends Close for it
+    assert_eq!(
+        first
+            .query_one("SELECT 1::int8", &[])
+            .await
+            .unwrap()
+            .get::<_, i64>(0),
+        1
+    );
+    for _ in 0..3 {
+        assert_eq!(second.query_one(&b, &[]).await.unwrap().get::<_, i64>(0), 2);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn servers_keep_a_bounded_set_and_prepare_again_when_needed() {
+    let db = pg().database("prep_lru");
+    let limits = "limits: { max_prepared_statements: 2, max_client_prepared_statements: 6 }\n";
+    let proxy = start(&one_server_config(&db, limits)).await;
+    let client = proxy.connect("acme", &db).await;
+    let mut statements = Vec::new();
+    for i in 0..5 {
+        statements.push(
+            client
+                .prepare(&format!("SELECT {i}::int4 + $1"))
+                .await
+                .unwrap(),
+        );
+    }
+    for round in 0..3 {
+        for (i, s) in statements.iter().enumerate() {
+            let v: i32 = client.query_one(s, &[&round]).await.unwrap().get(0);
+            assert_eq!(v, i as i32 + round);
+        }
+        let on_server = one(&client, "SELECT count(*) FROM pg_prepared_statements").await;
+        assert_eq!(
+            on_server, "2",
+            "the server keeps at most max_prepared_statements"
+        );
+    }
+    // One more than the client limit is refused like PostgreSQL refuses, and
+    // the session goes on.
+    let _sixth = client.prepare("SELECT 5").await.unwrap();
+    let err = client.prepare("SELECT 6").await.unwrap_err();
+    assert_eq!(code(&err), "53400");
+    assert_eq!(one(&client, "SELECT 'still here'").await, "still here");
+}
+
+/// Misuse gets the errors PostgreSQL gives, in their place in a pipeline, and
+/// fails an open transaction block as PostgreSQL would.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_statement_names_get_postgres_errors() {
+    let db = pg().database("prep_errors");
+    let proxy = start(&one_server_config(&db, "")).await;
+    let mut s = raw_login(proxy.port, "app.acme", APP_PASSWORD, &db).await;
+    let mut out = BytesMut::new();
+    frontend::parse("s1", "SELECT 41 + $1::int4", [], &mut out).unwrap();
+    frontend::sync(&mut out);
+    assert_eq!(exchange(&mut s, &out, 1).await, ["1", "ZI"]);
+
+    // A duplicate name, then an unknown one: each fails up to its Sync.
+    out.clear();
+    frontend::parse("s1", "SELECT 2", [], &mut out).unwrap();
+    bind_execute(&mut out, "s1", Some("1"));
+    frontend::sync(&mut out);
+    bind_execute(&mut out, "nope", None);
+    frontend::sync(&mut out);
+    bind_execute(&mut out, "s1", Some("1"));
+    frontend::sync(&mut out);
+    assert_eq!(
+        exchange(&mut s, &out, 3).await,
+        [
+            "E42P05",
+            "ZI",
+            "E26000",
+            "ZI",
+            "2",
+            "D42",
+            "CSELECT 1",
+            "ZI"
+        ]
+    );
+
+    // Inside a transaction block the error fails the block, as in PostgreSQL.
+    out.clear();
+    frontend::query("BEGIN", &mut out).unwrap();
+    bind_execute(&mut out, "nope", None);
+    frontend::sync(&mut out);
+    frontend::query("SELECT 1", &mut out).unwrap();
+    frontend::query("ROLLBACK", &mut out).unwrap();
+    assert_eq!(
+        exchange(&mut s, &out, 4).await,
+        [
+            "CBEGIN",
+            "ZT",
+            "E26000",
+            "ZE",
+            "E25P02",
+            "ZE",
+            "CROLLBACK",
+            "ZI"
+        ]
+    );
+
+    // The unnamed statement follows the client to its next transaction, and a
+    // Bind of it with none gets PostgreSQL's error.
+    out.clear();
+    frontend::parse("", "SELECT 'unnamed'", [], &mut out).unwrap();
+    frontend::sync(&mut out);
+    bind_execute(&mut out, "", None);
+    frontend::sync(&mut out);
+    assert_eq!(
+        exchange(&mut s, &out, 2).await,
+        ["1", "ZI", "2", "Dunnamed", "CSELECT 1", "ZI"]
+    );
+    out.clear();
+    frontend::close(b'S', "", &mut out).unwrap();
+    bind_execute(&mut out, "", None);
+    frontend::sync(&mut out);
+    assert_eq!(exchange(&mut s, &out, 1).await, ["3", "E26000", "ZI"]);
+
+    // Close of a name the client does not have is not an error, as in PostgreSQL.
+    out.clear();
+    frontend::close(b'S', "never", &mut out).unwrap();
+    frontend::close(b'S', "s1", &mut out).unwrap();
+    bind_execute(&mut out, "s1", None);
+    frontend::sync(&mut out);
+    assert_eq!(exchange(&mut s, &out, 1).await, ["3", "3", "E26000", "ZI"]);
+}
+
+fn bind_execute(out: &mut BytesMut, statement: &str, param: Option<&str>) {
+    let params: Vec<Option<&str>> = param.into_iter().map(Some).collect();
+    frontend::bind(
+        "",
+        statement,
+        [],
+        params,
+        |p: Option<&str>, buf: &mut BytesMut| match p {
+            Some(v) => {
+                buf.extend_from_slice(v.as_bytes());
+                Ok(postgres_protocol::IsNull::No)
+            }
+            None => Ok(postgres_protocol::IsNull::Yes),
+        },
+        [],
+        out,
+    )
+    .map_err(|_| ())
+    .unwrap();
+    frontend::execute("", 0, out).unwrap();
+}
+
+/// The parse error of a client's own statement is the client's, and the name
+/// stays free for a corrected statement.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_parse_leaves_the_name_free() {
+    let db = pg().database("prep_parse_error");
+    let proxy = start(&one_server_config(&db, "")).await;
+    let mut s = raw_login(proxy.port, "app.acme", APP_PASSWORD, &db).await;
+    let mut out = BytesMut::new();
+    frontend::parse("q", "SELEC 1", [], &mut out).unwrap();
+    frontend::sync(&mut out);
+    assert_eq!(exchange(&mut s, &out, 1).await, ["E42601", "ZI"]);
+    out.clear();
+    frontend::parse("q", "SELECT 'fixed'", [], &mut out).unwrap();
+    bind_execute(&mut out, "q", None);
+    frontend::sync(&mut out);
+    assert_eq!(
+        exchange(&mut s, &out, 1).await,
+        ["1", "2", "Dfixed", "CSELECT 1", "ZI"]
+    );
+}
