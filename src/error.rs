@@ -185,6 +185,38 @@ impl ClientError {
         .with_hint("Close statements that are no longer needed, or raise limits.max_client_prepared_statements.")
     }
 
+    /// A feature that needs a session of its own, refused in transaction pooling.
+    pub fn session_only(what: &str, hint: &str) -> ClientError {
+        Self::new(
+            Severity::Error,
+            "0A000",
+            format!("{what} do not survive transaction pooling"),
+        )
+        .with_hint(hint)
+    }
+
+    pub fn timeout_above_cap(cap: std::time::Duration) -> ClientError {
+        Self::new(
+            Severity::Error,
+            "42501",
+            format!(
+                "statement_timeout cannot be raised above this tier's cap of {} ms",
+                cap.as_millis()
+            ),
+        )
+        .with_hint("Set a lower, non-zero statement_timeout, or ask for a tier with a higher cap.")
+    }
+
+    /// A setting in the startup packet (a parameter or `options=-c …`) that the
+    /// proxy cannot accept.
+    pub fn bad_startup_setting(name: &str, why: &str) -> ClientError {
+        Self::new(
+            Severity::Fatal,
+            "22023",
+            format!("startup setting \"{name}\" {why}"),
+        )
+    }
+
     pub fn fatal(mut self) -> ClientError {
         self.severity = Severity::Fatal;
         self

@@ -30,13 +30,26 @@ pub struct Statement {
     pub name: Bytes,
     /// The `Parse` message that creates it under `name`, ready to write.
     pub parse: Bytes,
+    /// What executing it does to session state.
+    pub effect: Effect,
+}
+
+/// What a statement does to session state beyond its transaction.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Effect {
+    /// It may change settings, which the proxy then learns from the server.
+    pub settings: bool,
+    /// It may leave state the proxy cannot follow: reset the server after.
+    pub reset: bool,
+    /// Custom settings it may set, asked for by name.
+    pub custom: Vec<String>,
 }
 
 impl Statement {
     /// `namespace` identifies what names resolve to (the tenant's role and
     /// `search_path`); `rest` is the client's `Parse` body after its name: the
     /// query, then the parameter type count and OIDs.
-    pub fn new(namespace: &[u8], rest: &[u8]) -> Statement {
+    pub fn new(namespace: &[u8], rest: &[u8], effect: Effect) -> Statement {
         let mut h = Sha256::new();
         h.update((namespace.len() as u64).to_be_bytes());
         h.update(namespace);
@@ -54,6 +67,7 @@ impl Statement {
             id,
             name,
             parse: parse.freeze(),
+            effect,
         }
     }
 
@@ -71,13 +85,19 @@ pub struct ClientStatements {
     /// it on another server (the buffer is reused: no allocation per `Parse`).
     unnamed: Vec<u8>,
     has_unnamed: bool,
+    unnamed_effect: Effect,
 }
 
 impl ClientStatements {
-    pub fn set_unnamed(&mut self, rest: &[u8]) {
+    pub fn set_unnamed(&mut self, rest: &[u8], effect: Effect) {
         self.unnamed.clear();
         self.unnamed.extend_from_slice(rest);
         self.has_unnamed = true;
+        self.unnamed_effect = effect;
+    }
+
+    pub fn unnamed_effect(&self) -> &Effect {
+        &self.unnamed_effect
     }
 
     pub fn unnamed(&self) -> Option<&[u8]> {
@@ -243,16 +263,19 @@ mod tests {
 
     #[test]
     fn names_depend_on_namespace_query_and_types() {
-        let a = Statement::new(b"acme", REST);
-        assert_eq!(a, Statement::new(b"acme", REST));
-        assert_ne!(a.id, Statement::new(b"globex", REST).id);
-        assert_ne!(a.id, Statement::new(b"acme", b"SELECT 1\0\0\0").id);
+        let a = Statement::new(b"acme", REST, Effect::default());
+        assert_eq!(a, Statement::new(b"acme", REST, Effect::default()));
+        assert_ne!(a.id, Statement::new(b"globex", REST, Effect::default()).id);
+        assert_ne!(
+            a.id,
+            Statement::new(b"acme", b"SELECT 1\0\0\0", Effect::default()).id
+        );
         let untyped = b"SELECT * FROM products WHERE id = $1\0\0\0";
-        assert_ne!(a.id, Statement::new(b"acme", untyped).id);
+        assert_ne!(a.id, Statement::new(b"acme", untyped, Effect::default()).id);
         // The namespace length is hashed, so shifting bytes between the two differs.
         assert_ne!(
-            Statement::new(b"ab", b"c\0\0\0").id,
-            Statement::new(b"a", b"bc\0\0\0").id
+            Statement::new(b"ab", b"c\0\0\0", Effect::default()).id,
+            Statement::new(b"a", b"bc\0\0\0", Effect::default()).id
         );
         assert!(a.name.starts_with(PREFIX.as_bytes()));
         assert!(a.name.len() < 64, "fits NAMEDATALEN");
@@ -260,7 +283,7 @@ mod tests {
 
     #[test]
     fn parse_message_is_well_formed() {
-        let s = Statement::new(b"acme", REST);
+        let s = Statement::new(b"acme", REST, Effect::default());
         let mut buf = BytesMut::from(&s.parse[..]);
         let msg = postgres_protocol::message::frontend::parse;
         let mut expected = BytesMut::new();
@@ -278,7 +301,13 @@ mod tests {
     #[test]
     fn server_statements_evict_the_least_recently_used() {
         let s: Vec<Statement> = (0..3)
-            .map(|i| Statement::new(b"ns", format!("SELECT {i}\0\0\0").as_bytes()))
+            .map(|i| {
+                Statement::new(
+                    b"ns",
+                    format!("SELECT {i}\0\0\0").as_bytes(),
+                    Effect::default(),
+                )
+            })
             .collect();
         let mut server = ServerStatements::default();
         assert_eq!(server.insert(&s[0], 2), None);

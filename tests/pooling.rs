@@ -271,33 +271,60 @@ async fn cancel_request_reaches_the_running_query() {
     assert_eq!(one(&client, "SELECT 1").await, "1");
 }
 
-/// Session state a client leaves behind (SET, temp tables) is wiped before the
-/// server serves anyone else.
+/// Settings a client SETs follow that client and never reach the next client
+/// of the same server; state that cannot follow it is refused.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn session_state_never_leaks_to_the_next_client() {
     let db = pg().database("leak");
     let proxy = start_tier(&db, "one", "{ pool_size: 1, statement_timeout: 3s }").await;
     let a = proxy.connect("acme", &db).await;
+    let b = proxy.connect("acme", &db).await;
+    let zone = one(&b, "SHOW TimeZone").await;
     a.batch_execute(
-        "SET work_mem = '77MB'; SET statement_timeout = 0; CREATE TEMP TABLE scratch (x int)",
+        "SET work_mem = '77MB'; SET statement_timeout = 1000; SET TimeZone = 'Asia/Tokyo'; SET app.feature_flag = 'on'",
     )
     .await
     .unwrap();
-    let b = proxy.connect("acme", &db).await;
-    assert_eq!(one(&b, "SHOW work_mem").await, "4MB");
-    assert_eq!(one(&b, "SHOW statement_timeout").await, "3s");
-    assert_eq!(
-        one(
-            &b,
-            "SELECT count(*) FROM pg_tables WHERE tablename = 'scratch'"
-        )
-        .await,
-        "0"
-    );
-    assert_eq!(
-        one(&b, "SELECT current_setting('app.current_tenant')").await,
-        "acme"
-    );
+    let err = a
+        .batch_execute("SET statement_timeout = 0")
+        .await
+        .unwrap_err();
+    assert_eq!(code(&err), "42501");
+    let err = a
+        .batch_execute("CREATE TEMP TABLE scratch (x int)")
+        .await
+        .unwrap_err();
+    assert_eq!(code(&err), "0A000");
+    for _ in 0..2 {
+        assert_eq!(one(&b, "SHOW work_mem").await, "4MB");
+        assert_eq!(one(&b, "SHOW statement_timeout").await, "3s");
+        assert_eq!(one(&b, "SHOW TimeZone").await, zone);
+        assert_eq!(
+            one(
+                &b,
+                "SELECT coalesce(current_setting('app.feature_flag', true), '')"
+            )
+            .await,
+            ""
+        );
+        assert_eq!(
+            one(&b, "SELECT current_setting('app.current_tenant')").await,
+            "acme"
+        );
+        assert_eq!(one(&a, "SHOW work_mem").await, "77MB");
+        assert_eq!(one(&a, "SHOW statement_timeout").await, "1s");
+        assert_eq!(one(&a, "SHOW TimeZone").await, "Asia/Tokyo");
+        assert_eq!(one(&a, "SHOW app.feature_flag").await, "on");
+    }
+    // RESET goes back to the default for this client only.
+    a.batch_execute("RESET work_mem").await.unwrap();
+    assert_eq!(one(&a, "SHOW work_mem").await, "4MB");
+    // A SET rolled back with its transaction is not kept.
+    a.batch_execute("BEGIN; SET TimeZone = 'UTC'; ROLLBACK")
+        .await
+        .unwrap();
+    assert_eq!(one(&a, "SHOW TimeZone").await, "Asia/Tokyo");
+    assert_eq!(one(&b, "SHOW TimeZone").await, zone);
 }
 
 /// An idle server that died (terminated by an admin) is replaced, never handed out.

@@ -255,14 +255,31 @@ async fn half_open_login_times_out() {
     assert!(closed.is_ok(), "half-open connection was not closed");
 }
 
-/// Startup parameters cannot choose or change the tenant context.
+/// Startup parameters cannot choose or change the tenant context: protected
+/// settings in `options` are refused at login, and other values are applied as
+/// literals, never as SQL.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn startup_parameters_do_not_change_the_tenant() {
     let (proxy, db) = proxy_and_db("opts").await;
+    for options in [
+        "-c app.current_tenant=umbrella",
+        "-c search_path=globex",
+        "-c role=postgres",
+    ] {
+        let err = proxy
+            .client_config("app.acme", common::APP_PASSWORD, &db)
+            .options(options)
+            .connect(tokio_postgres::NoTls)
+            .await
+            .err()
+            .unwrap_or_else(|| panic!("{options} was accepted"));
+        assert_eq!(code(&err), "22023", "{options}");
+    }
+    let sneaky = "'; SET app.current_tenant = 'umbrella";
     let (client, conn) = proxy
         .client_config("app.acme", common::APP_PASSWORD, &db)
-        .options("-c app.current_tenant=umbrella -c search_path=globex")
-        .application_name("'; SET app.current_tenant = 'umbrella")
+        .options("-c DateStyle=SQL,DMY")
+        .application_name(sneaky)
         .connect(tokio_postgres::NoTls)
         .await
         .unwrap();
@@ -271,6 +288,8 @@ async fn startup_parameters_do_not_change_the_tenant() {
         one(&client, "SELECT current_setting('app.current_tenant')").await,
         "acme"
     );
+    assert_eq!(one(&client, "SHOW application_name").await, sneaky);
+    assert_eq!(one(&client, "SHOW DateStyle").await, "SQL, DMY");
     assert_eq!(
         one(&client, "SELECT count(DISTINCT tenant_id) FROM products").await,
         "1"

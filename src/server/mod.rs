@@ -63,6 +63,8 @@ pub struct Server {
     pub needs_reset: bool,
     /// The named statements prepared on it.
     pub statements: ServerStatements,
+    /// Session settings its last client left, beyond the tenant context.
+    pub settings: std::collections::BTreeMap<String, String>,
     pub idle_since: Instant,
 }
 
@@ -76,6 +78,7 @@ impl Server {
             context: None,
             needs_reset: false,
             statements: ServerStatements::default(),
+            settings: Default::default(),
             idle_since: Instant::now(),
         }
     }

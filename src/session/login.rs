@@ -8,12 +8,14 @@ use bytes::{Buf, BytesMut};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 
 use super::io::{SessionIoError, read_message};
+use super::settings::{self, Settings};
 use super::{ClientSlot, Deps};
 use crate::auth::{self, AuthError, scram};
 use crate::config::{Secret, Tenant, Tier};
 use crate::error::ClientError;
 use crate::pool::Pool;
 use crate::protocol::{TxStatus, build, frame::read_cstr, startup::StartupMessage};
+use crate::tenant::guard::Policy;
 use crate::tenant::{context::TenantContext, resolve};
 
 /// SASL and password messages are tiny; anything bigger is hostile.
@@ -48,6 +50,10 @@ pub struct LoggedIn {
     pub tenant_key: Arc<str>,
     pub pool: Arc<Pool>,
     pub context: Arc<TenantContext>,
+    /// Settings from the startup packet, applied on every server it uses.
+    pub settings: Settings,
+    /// The name of the tenant setting (`app.current_tenant`).
+    pub tenant_setting: Arc<str>,
     /// Held for the session's lifetime: counts toward `max_client_connections`.
     pub _client_slot: ClientSlot,
 }
@@ -110,13 +116,19 @@ pub async fn login<S: AsyncRead + AsyncWrite + Unpin>(
     );
     let tenant_key: Arc<str> = Arc::from(tenant.id.as_str());
     let params = server_params(&pool, &tenant_key, tier.queue_timeout).await?;
+    let policy = Policy {
+        statement_timeout: tier.statement_timeout,
+    };
+    let settings =
+        settings::from_startup(&startup.params, &params, &config.tenant_setting, policy)?;
 
     build::authentication_ok(&mut out);
     for (name, value) in params.iter() {
-        let value = match (name.as_str(), startup.get("application_name")) {
-            ("application_name", Some(app)) => app,
-            ("application_name", None) => "",
-            _ => value.as_str(),
+        // The client's own values, as PostgreSQL would report them.
+        let value = match settings.get(&name.to_ascii_lowercase()) {
+            Some(own) => own.as_str(),
+            None if name == "application_name" => "",
+            None => value.as_str(),
         };
         build::parameter_status(&mut out, name, value);
     }
@@ -126,6 +138,8 @@ pub async fn login<S: AsyncRead + AsyncWrite + Unpin>(
 
     let context = Arc::clone(&runtime.contexts[&tenant.id]);
     Ok(LoggedIn {
+        settings,
+        tenant_setting: Arc::from(config.tenant_setting.as_str()),
         tenant_key,
         pool,
         context,

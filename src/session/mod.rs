@@ -8,6 +8,7 @@ mod handshake;
 mod io;
 mod login;
 mod relay;
+mod settings;
 mod tracker;
 
 use std::collections::HashMap;

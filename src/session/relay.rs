@@ -15,6 +15,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use super::cancel::CancelGuard;
 use super::io::{SessionIoError, fill_message, send_error};
 use super::login::LoggedIn;
+use super::settings::{self, Settings};
 use super::tracker::{Action, Statements, Tracker};
 use crate::config::Limits;
 use crate::error::ClientError;
@@ -24,6 +25,7 @@ use crate::protocol::frame::{FrameError, Frames};
 use crate::protocol::{TxStatus, build};
 use crate::server::Server;
 use crate::tenant::context;
+use crate::tenant::guard::Policy;
 
 #[derive(Debug, thiserror::Error)]
 pub enum RelayError {
@@ -63,6 +65,11 @@ pub struct Relay<S> {
     session: LoggedIn,
     cancel: CancelGuard,
     statements: ClientStatements,
+    /// The client's session settings (see [`settings`]).
+    settings: Settings,
+    /// Custom settings the client has set, read back by name.
+    custom: Vec<String>,
+    policy: Policy,
     max_message: usize,
     server_statements: usize,
     client_statements: usize,
@@ -72,11 +79,18 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Relay<S> {
     pub fn new(
         client: S,
         cbuf: BytesMut,
-        session: LoggedIn,
+        mut session: LoggedIn,
         cancel: CancelGuard,
         limits: &Limits,
     ) -> Self {
+        let policy = Policy {
+            statement_timeout: session.tier.statement_timeout,
+        };
+        let settings = std::mem::take(&mut session.settings);
         Relay {
+            settings,
+            custom: Vec::new(),
+            policy,
             client,
             cbuf,
             sbuf: BytesMut::with_capacity(16 * 1024),
@@ -238,6 +252,17 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Relay<S> {
             for _ in 0..wanted.replies {
                 t.own_query();
             }
+            if reset {
+                server.settings.clear();
+            }
+            for (name, _) in &wanted.owned {
+                server.settings.remove(name);
+            }
+        }
+        let apply = settings::apply_sql(&server.settings, &self.settings, &wanted.owned);
+        if let Some(sql) = &apply {
+            build::query(&mut self.out, sql);
+            t.own_query();
         }
         // Until this write is done, the server's recorded context stays as it was;
         // any failure from here on closes the server (the lease is dropped).
@@ -249,18 +274,45 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Relay<S> {
             server.context = Some(wanted);
             server.needs_reset = false;
         }
+        if apply.is_some() {
+            server.settings.clone_from(&self.settings);
+        }
         self.cancel.slot.attach(server.cancel);
         let result = self.relay(&mut lease, &mut t).await;
         self.cancel.slot.detach();
         result?;
         let server = lease.server();
         server.needs_reset |= t.dirty;
-        if self.sbuf.is_empty() {
-            lease.release();
-        } else {
+        if !self.sbuf.is_empty() {
             // Bytes after the final ReadyForQuery: not a state we can vouch for.
             self.sbuf.clear();
+            return Ok(());
         }
+        if t.learn {
+            self.learn_settings(server, &t.custom).await?;
+        }
+        lease.release();
+        Ok(())
+    }
+
+    /// Reads back the session settings of a server whose client may have changed
+    /// some; they become the client's, and what the server is known to carry.
+    async fn learn_settings(
+        &mut self,
+        server: &mut Server,
+        custom: &[String],
+    ) -> Result<(), RelayError> {
+        for name in custom {
+            if !self.custom.contains(name) && self.custom.len() < settings::MAX_CUSTOM {
+                self.custom.push(name.clone());
+            }
+        }
+        let rows = server
+            .simple_query(&settings::learn_sql(&self.custom))
+            .await
+            .map_err(|e| RelayError::ServerLost(std::io::Error::other(e)))?;
+        self.settings = settings::learned(rows, &self.session.tenant_setting);
+        server.settings.clone_from(&self.settings);
         Ok(())
     }
 
@@ -278,6 +330,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Relay<S> {
             namespace: &self.session.context.namespace,
             server_limit: self.server_statements,
             client_limit: self.client_statements,
+            policy: self.policy,
         };
         let (n, terminated) =
             t.client_messages(&self.cbuf, self.max_message, &mut st, &mut self.out)?;
@@ -343,6 +396,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Relay<S> {
             namespace: &self.session.context.namespace,
             server_limit: self.server_statements,
             client_limit: self.client_statements,
+            policy: self.policy,
         };
         let buf = &self.sbuf[..];
         let mut frames = Frames::new(buf, self.max_message);

@@ -16,9 +16,10 @@ use bytes::{BufMut, Bytes, BytesMut};
 
 use super::relay::RelayError;
 use crate::error::ClientError;
-use crate::prepared::{self, ClientStatements, ServerStatements, Statement};
+use crate::prepared::{self, ClientStatements, Effect, ServerStatements, Statement};
 use crate::protocol::TxStatus;
 use crate::protocol::frame::{Frame, Frames, read_cstr};
+use crate::tenant::guard::{self, Policy, Verdict};
 use crate::tenant::scan;
 
 const PARSE_COMPLETE: &[u8] = b"1\0\0\0\x04";
@@ -28,12 +29,16 @@ const CLOSE_COMPLETE: &[u8] = b"3\0\0\0\x04";
 /// then skips to `Sync` and fails an open transaction block, exactly as for a
 /// real error, and the proxy shows the client its own error instead.
 const FAILING_PARSE: &[u8] = b"P\0\0\0\x18\0pgtenant refused\0\0\0";
+/// The same for a simple `Query`.
+const FAILING_QUERY: &[u8] = b"Q\0\0\0\x15pgtenant refused\0";
 
 /// What the server's replies to one written message mean to the proxy.
 #[derive(Debug)]
 enum Reply {
     /// A client `Query` or `FunctionCall`: everything up to its `ReadyForQuery`.
     Query,
+    /// The [`FAILING_QUERY`] in place of a refused one: its error is replaced.
+    FailQuery(Bytes),
     /// The proxy's own `Query` (context, reset): swallowed up to its `ReadyForQuery`.
     Own,
     Sync,
@@ -79,6 +84,7 @@ pub struct Statements<'a> {
     pub namespace: &'a [u8],
     pub server_limit: usize,
     pub client_limit: usize,
+    pub policy: Policy,
 }
 
 #[derive(Debug)]
@@ -89,8 +95,12 @@ pub struct Tracker {
     /// The server hit an error and ignores messages until `Sync`.
     skipping: bool,
     pub status: TxStatus,
-    /// A forwarded statement may have changed session state.
+    /// A forwarded statement may have left state the proxy cannot follow.
     pub dirty: bool,
+    /// A forwarded statement may have changed settings: learn them after.
+    pub learn: bool,
+    /// Custom settings a forwarded statement may have set.
+    pub custom: Vec<String>,
     /// The server holds the client's current unnamed statement.
     unnamed_ready: bool,
     /// The first error of the proxy's own queries.
@@ -108,6 +118,8 @@ impl Tracker {
             skipping: false,
             status: TxStatus::Idle,
             dirty: false,
+            learn: false,
+            custom: Vec::new(),
             unnamed_ready: false,
             context_error: None,
             copy_in: false,
@@ -160,9 +172,19 @@ impl Tracker {
             }
             match frame.tag {
                 b'Q' => {
-                    self.replies.push_back(Reply::Query);
                     self.unnamed_ready = false;
-                    self.dirty |= scan::may_change_session(body);
+                    let sql = read_cstr(body).map_or(body, |(q, _)| q);
+                    match judge(sql, st.policy) {
+                        Ok(effect) => {
+                            self.apply(&effect);
+                            self.replies.push_back(Reply::Query);
+                        }
+                        Err(e) => {
+                            w.drop_frame(frame);
+                            w.out.extend_from_slice(FAILING_QUERY);
+                            self.replies.push_back(Reply::FailQuery(encode(&e)));
+                        }
+                    }
                 }
                 b'F' => self.replies.push_back(Reply::Query),
                 b'S' if self.copy_in => {}
@@ -209,10 +231,13 @@ impl Tracker {
     ) -> Result<(), RelayError> {
         self.unsynced = true;
         let (name, rest) = read_cstr(body).ok_or_else(|| malformed("Parse"))?;
-        let query = read_cstr(rest).map(|(q, _)| q);
-        self.dirty |= query.is_none_or(scan::may_change_session);
+        let (query, _) = read_cstr(rest).ok_or_else(|| malformed("Parse"))?;
+        let effect = match judge(query, st.policy) {
+            Ok(effect) => effect,
+            Err(e) => return self.fail(frame, w, &e),
+        };
         if name.is_empty() {
-            st.client.set_unnamed(rest);
+            st.client.set_unnamed(rest, effect);
             self.unnamed_ready = true;
             self.replies.push_back(Reply::Parse(Some(Undo::Unnamed)));
             return Ok(());
@@ -223,7 +248,7 @@ impl Tracker {
         if st.client.len() >= st.client_limit {
             return self.fail(frame, w, &ClientError::too_many_statements(st.client_limit));
         }
-        let statement = Arc::new(Statement::new(st.namespace, rest));
+        let statement = Arc::new(Statement::new(st.namespace, rest, effect));
         let name = Bytes::copy_from_slice(name);
         st.client.insert(name.clone(), Arc::clone(&statement));
         w.drop_frame(frame);
@@ -255,12 +280,15 @@ impl Tracker {
             if !self.ensure_unnamed(frame, st, w) {
                 return Ok(());
             }
+            let effect = st.client.unnamed_effect().clone();
+            self.apply(&effect);
             self.replies.push_back(Reply::Bind(None));
             return Ok(());
         }
         let Some(statement) = st.client.get(name).cloned() else {
             return self.fail(frame, w, &ClientError::statement_missing(name));
         };
+        self.apply(&statement.effect);
         w.drop_frame(frame);
         self.ensure_prepared(&statement, st, w);
         let out = &mut *w.out;
@@ -335,6 +363,17 @@ impl Tracker {
         Ok(())
     }
 
+    /// Notes what a statement about to run does to session state.
+    fn apply(&mut self, effect: &Effect) {
+        self.dirty |= effect.reset;
+        self.learn |= effect.settings;
+        for name in &effect.custom {
+            if !self.custom.contains(name) {
+                self.custom.push(name.clone());
+            }
+        }
+    }
+
     /// Makes sure the server has `statement`, writing a `Parse` first if not.
     fn ensure_prepared(
         &mut self,
@@ -400,9 +439,7 @@ impl Tracker {
         w.drop_frame(frame);
         w.out.extend_from_slice(FAILING_PARSE);
         self.unnamed_ready = false;
-        let mut shown = BytesMut::new();
-        err.encode(&mut shown);
-        self.replies.push_back(Reply::Fail(shown.freeze()));
+        self.replies.push_back(Reply::Fail(encode(err)));
         Ok(())
     }
 
@@ -445,7 +482,8 @@ impl Tracker {
                 Action::Swallow
             }
             (Reply::Own, _) => Action::Swallow,
-            (Reply::Query | Reply::Sync, b'Z') => {
+            (Reply::FailQuery(shown), b'E') => Action::Replace(shown.clone()),
+            (Reply::Query | Reply::FailQuery(_) | Reply::Sync, b'Z') => {
                 self.replies.pop_front();
                 self.status = body
                     .first()
@@ -454,7 +492,9 @@ impl Tracker {
                     .ok_or_else(|| unexpected(tag))?;
                 Action::Forward
             }
-            (Reply::Query, _) | (Reply::Sync, b'E') | (_, b'N' | b'S' | b'A') => Action::Forward,
+            (Reply::Query | Reply::FailQuery(_), _)
+            | (Reply::Sync, b'E')
+            | (_, b'N' | b'S' | b'A') => Action::Forward,
             (_, b'E') => {
                 let failed = self.replies.pop_front().expect("front exists");
                 let action = match failed {
@@ -581,6 +621,34 @@ impl Splicer<'_> {
     }
 }
 
+/// What a client statement does to session state, or why it is refused. The
+/// parser runs only on what the cheap scan flags.
+fn judge(sql: &[u8], policy: Policy) -> Result<Effect, ClientError> {
+    if !scan::may_change_session(sql) {
+        return Ok(Effect::default());
+    }
+    let Ok(text) = std::str::from_utf8(sql) else {
+        return Ok(Effect {
+            reset: true,
+            ..Effect::default()
+        });
+    };
+    let mut effect = Effect::default();
+    match guard::classify(text, policy, &mut effect.custom) {
+        Verdict::Clean => {}
+        Verdict::Settings => effect.settings = true,
+        Verdict::Reset => effect.reset = true,
+        Verdict::Refuse(e) => return Err(e),
+    }
+    Ok(effect)
+}
+
+fn encode(err: &ClientError) -> Bytes {
+    let mut shown = BytesMut::new();
+    err.encode(&mut shown);
+    shown.freeze()
+}
+
 fn malformed(what: &str) -> RelayError {
     RelayError::Refused(ClientError::protocol_violation(format!(
         "malformed {what} message"
@@ -646,6 +714,9 @@ mod tests {
                 namespace: b"ns",
                 server_limit: 10,
                 client_limit: 10,
+                policy: Policy {
+                    statement_timeout: None,
+                },
             }
         }
     }
@@ -713,14 +784,17 @@ mod tests {
     fn session_changing_statements_mark_the_server_for_reset() {
         let (mut t, mut sets) = (Tracker::new(), Sets::new());
         feed(&mut t, &mut sets, &msg(b'Q', b"SET work_mem = '1GB'\0"));
+        assert!(t.learn && !t.dirty);
+        feed(&mut t, &mut sets, &msg(b'Q', b"DO $$ BEGIN END $$\0"));
         assert!(t.dirty);
+        // A prepared statement's effect counts when it is bound, not parsed.
         let mut t = Tracker::new();
-        feed(
-            &mut t,
-            &mut sets,
-            &msg(b'P', b"s1\0SELECT set_config('a.b', 'c', false)\0\0\0"),
-        );
-        assert!(t.dirty);
+        let parse = msg(b'P', b"s1\0SELECT set_config('a.b', 'c', false)\0\0\0");
+        feed(&mut t, &mut sets, &parse);
+        assert!(!t.learn);
+        feed(&mut t, &mut sets, &msg(b'B', b"\0s1\0\0\0\0\0\0\0"));
+        assert!(t.learn);
+        assert_eq!(t.custom, ["a.b"]);
     }
 
     #[test]
@@ -730,7 +804,7 @@ mod tests {
         buf.extend(msg(b'B', b"\0s1\0\0\0\0\0\0\0"));
         buf.extend(msg(b'S', b""));
         let (_, _, out) = feed(&mut t, &mut sets, &buf);
-        let statement = Statement::new(b"ns", b"SELECT 1\0\0\0");
+        let statement = Statement::new(b"ns", b"SELECT 1\0\0\0", Effect::default());
         assert!(
             out.starts_with(&statement.parse),
             "the Parse goes out under the proxy's name"

@@ -30,6 +30,9 @@ pub struct TenantContext {
     /// What unqualified names resolve to (role and `search_path`): prepared
     /// statements are shared only within one namespace.
     pub namespace: Vec<u8>,
+    /// Settings the context sets after `SET ROLE` (lower-case name, SQL value):
+    /// a client may override them, and they come back when it has not.
+    pub owned: Vec<(String, String)>,
 }
 
 impl TenantContext {
@@ -46,12 +49,18 @@ impl TenantContext {
         if let Some(role) = &tenant.role {
             second.push(format!("SET ROLE {}", escape_identifier(role)));
         }
-        second.push(match tier.statement_timeout {
-            Some(t) => format!("SET statement_timeout TO {}", t.as_millis()),
-            None => "SET statement_timeout TO DEFAULT".to_owned(),
-        });
+        let mut owned = vec![(
+            "statement_timeout".to_owned(),
+            match tier.statement_timeout {
+                Some(t) => t.as_millis().to_string(),
+                None => "DEFAULT".to_owned(),
+            },
+        )];
         for (name, value) in &tier.settings {
-            second.push(format!("SET {name} TO {}", escape_literal(value)));
+            owned.push((name.to_ascii_lowercase(), escape_literal(value)));
+        }
+        for (name, value) in &owned {
+            second.push(format!("SET {name} TO {value}"));
         }
         let namespace =
             format!("{}\0{search_path}", tenant.role.as_deref().unwrap_or("")).into_bytes();
@@ -65,6 +74,7 @@ impl TenantContext {
             replies: sql.len(),
             sql,
             namespace,
+            owned,
         }
     }
 }

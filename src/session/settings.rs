@@ -1,0 +1,285 @@
+//! Session settings that follow a client from server to server.
+//!
+//! A client's settings are what it asked for at startup (`application_name`,
+//! `DateStyle`, `options=-c …`) plus what it has SET since, as the server
+//! reported them after the transaction that set them. Each server records what
+//! its last client left; on checkout the proxy writes the difference (after the
+//! tenant context, in the same write), so a client sees only its own values and
+//! never another client's.
+
+use std::collections::BTreeMap;
+
+use postgres_protocol::escape::escape_literal;
+
+use crate::config::values::is_setting_name;
+use crate::error::ClientError;
+use crate::tenant::guard::{Policy, parse_timeout};
+
+/// Setting name (lower case) → value, as `current_setting` shows it.
+pub type Settings = BTreeMap<String, String>;
+
+/// Most custom settings (`app.*`) one client can have followed.
+pub const MAX_CUSTOM: usize = 64;
+
+/// Startup parameters that are not settings.
+const NOT_SETTINGS: &[&str] = &["user", "database", "options", "replication"];
+
+/// Settings the proxy owns: a client can neither bring nor carry them.
+fn protected(name: &str, tenant_setting: &str) -> bool {
+    matches!(name, "search_path" | "role" | "session_authorization")
+        || name.eq_ignore_ascii_case(tenant_setting)
+}
+
+/// The settings a client asks for in its startup packet, minus those equal to
+/// what the server reports anyway (`baseline`).
+pub fn from_startup(
+    params: &[(String, String)],
+    baseline: &[(String, String)],
+    tenant_setting: &str,
+    policy: Policy,
+) -> Result<Settings, ClientError> {
+    let mut wanted: Vec<(String, String)> = Vec::new();
+    for (name, value) in params {
+        if NOT_SETTINGS.contains(&name.as_str()) {
+            continue;
+        }
+        wanted.push((name.clone(), value.clone()));
+    }
+    if let Some((_, options)) = params.iter().find(|(n, _)| n == "options") {
+        wanted.extend(parse_options(options)?);
+    }
+    let mut settings = Settings::new();
+    for (name, value) in wanted {
+        let name = name.to_ascii_lowercase();
+        if !is_setting_name(&name) {
+            return Err(ClientError::bad_startup_setting(
+                &name,
+                "is not a setting name",
+            ));
+        }
+        if protected(&name, tenant_setting) {
+            return Err(ClientError::bad_startup_setting(
+                &name,
+                "is set by the proxy for your tenant",
+            ));
+        }
+        if name == "statement_timeout"
+            && let Some(cap) = policy.statement_timeout
+            && !parse_timeout(&value).is_some_and(|ms| ms != 0 && ms <= cap.as_millis())
+        {
+            return Err(ClientError::timeout_above_cap(cap).fatal());
+        }
+        let same_as_server = baseline
+            .iter()
+            .any(|(n, v)| n.eq_ignore_ascii_case(&name) && v.eq_ignore_ascii_case(&value));
+        if !same_as_server {
+            settings.insert(name, value);
+        }
+    }
+    Ok(settings)
+}
+
+/// `-c name=value` and `--name=value` words of the `options` parameter
+/// (a backslash escapes the next character, as in libpq).
+fn parse_options(options: &str) -> Result<Vec<(String, String)>, ClientError> {
+    let mut words = Vec::new();
+    let mut word = String::new();
+    let mut chars = options.chars();
+    while let Some(c) = chars.next() {
+        match c {
+            '\\' => word.extend(chars.next()),
+            c if c.is_whitespace() => {
+                if !word.is_empty() {
+                    words.push(std::mem::take(&mut word));
+                }
+            }
+            c => word.push(c),
+        }
+    }
+    if !word.is_empty() {
+        words.push(word);
+    }
+    let mut out = Vec::new();
+    let mut words = words.into_iter();
+    while let Some(w) = words.next() {
+        let pair = if w == "-c" {
+            words.next()
+        } else if let Some(rest) = w.strip_prefix("--") {
+            Some(rest.to_owned())
+        } else {
+            w.strip_prefix("-c").map(str::to_owned)
+        };
+        let Some((name, value)) = pair.as_deref().and_then(|p| p.split_once('=')) else {
+            return Err(ClientError::bad_startup_setting(
+                &w,
+                "is not understood in options (use -c name=value)",
+            ));
+        };
+        out.push((name.replace('-', "_"), value.to_owned()));
+    }
+    Ok(out)
+}
+
+/// SQL that takes a server from the settings its last client left (`server`)
+/// to this client's, or `None` when they already match. `owned` are the
+/// settings the tenant context sets, with their SQL values: a setting the
+/// client does not have goes back to the context's value, not the default.
+pub fn apply_sql(
+    server: &Settings,
+    client: &Settings,
+    owned: &[(String, String)],
+) -> Option<String> {
+    let mut set = Vec::new();
+    let mut statements = Vec::new();
+    for (name, value) in client {
+        if server.get(name) != Some(value) {
+            set.push(format!(
+                "pg_catalog.set_config({}, {}, false)",
+                escape_literal(name),
+                escape_literal(value)
+            ));
+        }
+    }
+    for name in server.keys().filter(|n| !client.contains_key(*n)) {
+        match owned.iter().find(|(n, _)| n == name) {
+            Some((_, value)) => statements.push(format!("SET {name} TO {value}")),
+            None => statements.push(format!("RESET {name}")),
+        }
+    }
+    if !set.is_empty() {
+        statements.push(format!("SELECT {}", set.join(", ")));
+    }
+    (!statements.is_empty()).then(|| statements.join("; "))
+}
+
+/// The query that reads a server's session-level settings after a client's
+/// transaction changed some. Custom settings are not in `pg_settings`, so they
+/// are asked for by name.
+pub fn learn_sql(custom: &[String]) -> String {
+    let mut sql =
+        "SELECT lower(name), setting FROM pg_catalog.pg_settings WHERE source = 'session'"
+            .to_owned();
+    if !custom.is_empty() {
+        let names: Vec<String> = custom.iter().map(|n| escape_literal(n)).collect();
+        sql.push_str(&format!(
+            " UNION ALL SELECT n, pg_catalog.current_setting(n, true) FROM unnest(ARRAY[{}]::text[]) AS n",
+            names.join(", ")
+        ));
+    }
+    sql
+}
+
+/// The settings read by [`learn_sql`], minus what the proxy owns.
+pub fn learned(rows: Vec<Vec<Option<String>>>, tenant_setting: &str) -> Settings {
+    rows.into_iter()
+        .filter_map(|row| {
+            let mut row = row.into_iter();
+            let name = row.next()??;
+            let value = row.next()??;
+            let keep = !protected(&name, tenant_setting)
+                && is_setting_name(&name)
+                && !(name.contains('.') && value.is_empty());
+            keep.then_some((name, value))
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    const POLICY: Policy = Policy {
+        statement_timeout: Some(Duration::from_secs(5)),
+    };
+
+    fn pairs(list: &[(&str, &str)]) -> Vec<(String, String)> {
+        list.iter()
+            .map(|(a, b)| (a.to_string(), b.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn startup_settings_skip_what_the_server_has_and_refuse_what_the_proxy_owns() {
+        let baseline = pairs(&[("client_encoding", "UTF8"), ("DateStyle", "ISO, MDY")]);
+        let params = pairs(&[
+            ("user", "app.acme"),
+            ("database", "saas"),
+            ("client_encoding", "utf8"),
+            ("application_name", "billing"),
+            ("DateStyle", "ISO, DMY"),
+            (
+                "options",
+                "-c statement_timeout=2s --work-mem=64MB -capp.flag=on",
+            ),
+        ]);
+        let s = from_startup(&params, &baseline, "app.current_tenant", POLICY).unwrap();
+        let expected: Settings = pairs(&[
+            ("application_name", "billing"),
+            ("datestyle", "ISO, DMY"),
+            ("statement_timeout", "2s"),
+            ("work_mem", "64MB"),
+            ("app.flag", "on"),
+        ])
+        .into_iter()
+        .collect();
+        assert_eq!(s, expected);
+        for options in [
+            "-c search_path=other",
+            "-c app.current_tenant=globex",
+            "-c role=postgres",
+            "-c statement_timeout=0",
+            "-c x'; DROP TABLE t; --=1",
+            "garbage",
+        ] {
+            let params = pairs(&[("options", options)]);
+            assert!(
+                from_startup(&params, &baseline, "app.current_tenant", POLICY).is_err(),
+                "{options}"
+            );
+        }
+    }
+
+    #[test]
+    fn apply_sql_sets_what_differs_and_resets_what_the_client_lacks() {
+        let server: Settings = pairs(&[
+            ("timezone", "UTC"),
+            ("statement_timeout", "100"),
+            ("app.x", "1"),
+        ])
+        .into_iter()
+        .collect();
+        let client: Settings = pairs(&[("timezone", "Europe/Paris"), ("app.x", "1")])
+            .into_iter()
+            .collect();
+        let owned = pairs(&[("statement_timeout", "5000")]);
+        assert_eq!(
+            apply_sql(&server, &client, &owned).unwrap(),
+            "SET statement_timeout TO 5000; SELECT pg_catalog.set_config('timezone', 'Europe/Paris', false)"
+        );
+        assert_eq!(apply_sql(&client, &client, &owned), None);
+        let quoted: Settings = pairs(&[("application_name", "it's")]).into_iter().collect();
+        assert!(
+            apply_sql(&Settings::new(), &quoted, &[])
+                .unwrap()
+                .contains("'it''s'")
+        );
+    }
+
+    #[test]
+    fn learned_settings_leave_out_the_proxys_own() {
+        let rows = vec![
+            vec![Some("search_path".into()), Some("x".into())],
+            vec![Some("timezone".into()), Some("UTC".into())],
+            vec![Some("app.current_tenant".into()), Some("acme".into())],
+            vec![Some("app.flag".into()), Some("".into())],
+            vec![Some("app.other".into()), None],
+        ];
+        let s = learned(rows, "app.current_tenant");
+        assert_eq!(
+            s.into_iter().collect::<Vec<_>>(),
+            pairs(&[("timezone", "UTC")])
+        );
+        assert!(learn_sql(&["app.flag".into()]).contains("ARRAY['app.flag']"));
+    }
+}

@@ -1,0 +1,346 @@
+//! What a statement flagged by [`super::scan`] does to session state, decided
+//! with PostgreSQL's own parser (`pg_query`). Only flagged statements get here,
+//! so ordinary queries never pay for a parse.
+//!
+//! Under transaction pooling, session-level state either follows the client
+//! (settings: learned after the transaction and re-applied on its next server)
+//! or cannot (LISTEN, session advisory locks, `WITH HOLD` cursors, temporary
+//! objects, SQL-level `PREPARE`): those are refused before they run, with a hint.
+
+use std::time::Duration;
+
+use pg_query::NodeEnum;
+use pg_query::protobuf::a_const::Val;
+use pg_query::protobuf::{RangeVar, VariableSetKind};
+
+use crate::error::ClientError;
+
+/// `DECLARE ... WITH HOLD` (`CURSOR_OPT_HOLD` in PostgreSQL's parsenodes.h).
+const CURSOR_OPT_HOLD: i32 = 0x0020;
+
+/// Session advisory locks outlive the transaction; the `_xact_` ones do not.
+const SESSION_LOCKS: &[&str] = &[
+    "pg_advisory_lock",
+    "pg_advisory_lock_shared",
+    "pg_try_advisory_lock",
+    "pg_try_advisory_lock_shared",
+];
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Verdict {
+    /// Nothing outlives the transaction.
+    Clean,
+    /// Session settings may change: learn them after the transaction.
+    Settings,
+    /// Something the proxy cannot follow may change: reset the server after.
+    Reset,
+    Refuse(ClientError),
+}
+
+impl Verdict {
+    /// The stronger of two verdicts.
+    fn and(self, other: Verdict) -> Verdict {
+        use Verdict::*;
+        match (self, other) {
+            (Refuse(e), _) | (_, Refuse(e)) => Refuse(e),
+            (Reset, _) | (_, Reset) => Reset,
+            (Settings, _) | (_, Settings) => Settings,
+            _ => Clean,
+        }
+    }
+}
+
+/// Limits that apply to what a client may set.
+#[derive(Debug, Clone, Copy)]
+pub struct Policy {
+    /// The tier's `statement_timeout`; a client may lower it, not raise it.
+    pub statement_timeout: Option<Duration>,
+}
+
+/// Classifies `sql` (one `Query` or `Parse` text). Names of custom settings
+/// (`app.feature_flag`) it may set are added to `custom`: PostgreSQL does not
+/// list those in `pg_settings`, so the proxy asks for them by name.
+pub fn classify(sql: &str, policy: Policy, custom: &mut Vec<String>) -> Verdict {
+    let Ok(parsed) = pg_query::parse(sql, pg_query::ParserOptions::DEFAULT) else {
+        // PostgreSQL will reject it too; if it somehow runs, reset after.
+        return Verdict::Reset;
+    };
+    let mut verdict = Verdict::Clean;
+    for raw in &parsed.protobuf.stmts {
+        let Some(node) = raw.stmt.as_ref().and_then(|s| s.node.as_ref()) else {
+            continue;
+        };
+        if let NodeEnum::VariableSetStmt(set) = node
+            && set.name.contains('.')
+        {
+            custom.push(set.name.to_ascii_lowercase());
+        }
+        verdict = verdict.and(statement(node, policy));
+    }
+    for function in parsed.functions() {
+        let name = function.rsplit('.').next().unwrap_or(&function);
+        if SESSION_LOCKS.contains(&name) {
+            return Verdict::Refuse(ClientError::session_only(
+                "session-level advisory locks",
+                "Use pg_advisory_xact_lock(), which is released at the end of the transaction.",
+            ));
+        }
+        if name == "set_config" {
+            // Its name argument may be any expression: reset after, unless every
+            // call names a setting literally.
+            match set_config_names(&parsed) {
+                Some(names) => {
+                    custom.extend(names.into_iter().filter(|n| n.contains('.')));
+                    verdict = verdict.and(Verdict::Settings);
+                }
+                None => verdict = verdict.and(Verdict::Reset),
+            }
+        }
+    }
+    verdict
+}
+
+/// The literal first arguments of every `set_config` call, or `None` if one
+/// is not a literal.
+fn set_config_names(parsed: &pg_query::ParseResult) -> Option<Vec<String>> {
+    let mut names = Vec::new();
+    for (node, ..) in parsed.protobuf.nodes() {
+        let pg_query::NodeRef::FuncCall(call) = node else {
+            continue;
+        };
+        let is_set_config = call.funcname.last().is_some_and(|n| {
+            matches!(&n.node, Some(NodeEnum::String(s)) if s.sval.eq_ignore_ascii_case("set_config"))
+        });
+        if !is_set_config {
+            continue;
+        }
+        match call.args.first().and_then(|a| a.node.as_ref()) {
+            Some(NodeEnum::AConst(c)) => match &c.val {
+                Some(Val::Sval(s)) => names.push(s.sval.to_ascii_lowercase()),
+                _ => return None,
+            },
+            _ => return None,
+        }
+    }
+    Some(names)
+}
+
+fn statement(node: &NodeEnum, policy: Policy) -> Verdict {
+    match node {
+        NodeEnum::VariableSetStmt(set) => setting(set, policy),
+        NodeEnum::ListenStmt(_) => Verdict::Refuse(ClientError::session_only(
+            "LISTEN",
+            "Notifications need a session of their own: connect with a user whose pool_mode is session.",
+        )),
+        NodeEnum::PrepareStmt(_) => Verdict::Refuse(ClientError::session_only(
+            "SQL-level PREPARE",
+            "Use your driver's prepared statements (protocol-level), which the proxy keeps per client.",
+        )),
+        NodeEnum::DeclareCursorStmt(c) if c.options & CURSOR_OPT_HOLD != 0 => {
+            Verdict::Refuse(ClientError::session_only(
+                "cursors WITH HOLD",
+                "Declare the cursor WITHOUT HOLD inside a transaction block.",
+            ))
+        }
+        NodeEnum::CreateStmt(c) if is_temp(c.relation.as_ref()) => temp_refused(),
+        NodeEnum::CreateTableAsStmt(c) if is_temp(c.into.as_ref().and_then(|i| i.rel.as_ref())) => {
+            temp_refused()
+        }
+        NodeEnum::ViewStmt(v) if is_temp(v.view.as_ref()) => temp_refused(),
+        NodeEnum::CreateSeqStmt(s) if is_temp(s.sequence.as_ref()) => temp_refused(),
+        NodeEnum::SelectStmt(s) if is_temp(s.into_clause.as_ref().and_then(|i| i.rel.as_ref())) => {
+            temp_refused()
+        }
+        // Anything else the scan flagged (DO, CALL, DISCARD, LOAD, UNLISTEN…).
+        NodeEnum::SelectStmt(_)
+        | NodeEnum::InsertStmt(_)
+        | NodeEnum::UpdateStmt(_)
+        | NodeEnum::DeleteStmt(_)
+        | NodeEnum::CreateStmt(_)
+        | NodeEnum::CreateTableAsStmt(_)
+        | NodeEnum::ViewStmt(_)
+        | NodeEnum::CreateSeqStmt(_)
+        | NodeEnum::DeclareCursorStmt(_)
+        | NodeEnum::TransactionStmt(_)
+        | NodeEnum::VariableShowStmt(_) => Verdict::Clean,
+        _ => Verdict::Reset,
+    }
+}
+
+fn setting(set: &pg_query::protobuf::VariableSetStmt, policy: Policy) -> Verdict {
+    if set.is_local {
+        return Verdict::Clean;
+    }
+    let name = set.name.to_ascii_lowercase();
+    match name.as_str() {
+        // Role changes are the escape guard's business; the server is reset after.
+        "role" | "session_authorization" => return Verdict::Reset,
+        "statement_timeout" if set.kind == VariableSetKind::VarSetValue as i32 => {
+            if let Some(cap) = policy.statement_timeout {
+                let wanted = set.args.first().and_then(|a| match &a.node {
+                    Some(NodeEnum::AConst(c)) => match &c.val {
+                        Some(Val::Ival(i)) => Some(i.ival.to_string()),
+                        Some(Val::Sval(s)) => Some(s.sval.clone()),
+                        Some(Val::Fval(f)) => Some(f.fval.clone()),
+                        _ => None,
+                    },
+                    _ => None,
+                });
+                match wanted.as_deref().map(parse_timeout) {
+                    Some(Some(ms)) if ms != 0 && ms <= cap.as_millis() => {}
+                    _ => return Verdict::Refuse(ClientError::timeout_above_cap(cap)),
+                }
+            }
+        }
+        "statement_timeout" if policy.statement_timeout.is_some() => {
+            // RESET or DEFAULT would lift the cap: the tier's value comes back
+            // at the next checkout anyway, so refuse rather than run without it.
+            return Verdict::Refuse(ClientError::timeout_above_cap(
+                policy.statement_timeout.expect("checked"),
+            ));
+        }
+        _ => {}
+    }
+    if set.kind == VariableSetKind::VarResetAll as i32 {
+        return Verdict::Reset;
+    }
+    Verdict::Settings
+}
+
+/// `statement_timeout` text in milliseconds: a number (ms) or one with a unit.
+pub fn parse_timeout(text: &str) -> Option<u128> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let number: f64 = number.parse().ok()?;
+    let factor = match unit.trim() {
+        "" | "ms" => 1.0,
+        "us" => 0.001,
+        "s" => 1000.0,
+        "min" => 60_000.0,
+        "h" => 3_600_000.0,
+        "d" => 86_400_000.0,
+        _ => return None,
+    };
+    Some((number * factor).ceil() as u128)
+}
+
+fn is_temp(rel: Option<&RangeVar>) -> bool {
+    rel.is_some_and(|r| r.relpersistence == "t")
+}
+
+fn temp_refused() -> Verdict {
+    Verdict::Refuse(ClientError::session_only(
+        "temporary tables, views and sequences",
+        "Use a regular table, or connect with a user whose pool_mode is session.",
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const POLICY: Policy = Policy {
+        statement_timeout: Some(Duration::from_secs(5)),
+    };
+
+    fn code(sql: &str) -> &'static str {
+        match classify(sql, POLICY, &mut Vec::new()) {
+            Verdict::Refuse(e) => e.code,
+            Verdict::Clean => "clean",
+            Verdict::Settings => "settings",
+            Verdict::Reset => "reset",
+        }
+    }
+
+    #[test]
+    fn session_only_features_are_refused() {
+        for sql in [
+            "LISTEN jobs",
+            "listen \"Jobs\"",
+            "SELECT pg_advisory_lock(1)",
+            "select pg_catalog.pg_try_advisory_lock(1, 2)",
+            "SELECT 1; SELECT pg_advisory_lock_shared(7)",
+            "DECLARE c CURSOR WITH HOLD FOR SELECT 1",
+            "CREATE TEMP TABLE t (x int)",
+            "create temporary table t as select 1",
+            "SELECT 1 INTO TEMP t",
+            "CREATE TEMP VIEW v AS SELECT 1",
+            "CREATE TEMP SEQUENCE s",
+            "PREPARE p AS SELECT 1",
+        ] {
+            assert_eq!(code(sql), "0A000", "{sql}");
+        }
+    }
+
+    #[test]
+    fn what_ends_with_the_transaction_is_clean() {
+        for sql in [
+            "SELECT pg_advisory_xact_lock(1)",
+            "DECLARE c CURSOR FOR SELECT 1",
+            "SET LOCAL work_mem = '64MB'",
+            "CREATE TABLE temp_results (x int)",
+            "SELECT 'LISTEN x; SET a = 1'",
+            "SHOW TimeZone",
+        ] {
+            assert_eq!(code(sql), "clean", "{sql}");
+        }
+    }
+
+    #[test]
+    fn settings_are_learned_and_the_rest_resets() {
+        assert_eq!(code("SET TimeZone = 'UTC'"), "settings");
+        assert_eq!(code("SET SESSION app.feature_flag TO 'on'"), "settings");
+        assert_eq!(code("RESET DateStyle"), "settings");
+        assert_eq!(code("SELECT set_config('a.b', 'c', false)"), "settings");
+        assert_eq!(code("SET statement_timeout = 1000"), "settings");
+        assert_eq!(code("SET statement_timeout = '2s'"), "settings");
+        assert_eq!(code("RESET ALL"), "reset");
+        assert_eq!(code("SET ROLE nobody"), "reset");
+        assert_eq!(code("DO $$ BEGIN PERFORM 1; END $$"), "reset");
+        assert_eq!(code("DISCARD ALL"), "reset");
+        assert_eq!(code("SELEC oops"), "reset");
+        assert_eq!(code("SELECT set_config(name, 'x', false) FROM t"), "reset");
+    }
+
+    #[test]
+    fn custom_setting_names_are_collected() {
+        let mut custom = Vec::new();
+        classify(
+            "SET app.Feature_Flag = 'on'; SELECT pg_catalog.set_config('app.other', 'x', false); SET TimeZone = 'UTC'",
+            POLICY,
+            &mut custom,
+        );
+        assert_eq!(custom, ["app.feature_flag", "app.other"]);
+    }
+
+    #[test]
+    fn statement_timeout_cannot_go_above_the_cap() {
+        for sql in [
+            "SET statement_timeout = 6000",
+            "SET statement_timeout = '1min'",
+            "SET statement_timeout = 0",
+            "SET statement_timeout TO DEFAULT",
+            "RESET statement_timeout",
+        ] {
+            assert_eq!(code(sql), "42501", "{sql}");
+        }
+        let no_cap = Policy {
+            statement_timeout: None,
+        };
+        assert_eq!(
+            classify("SET statement_timeout = 0", no_cap, &mut Vec::new()),
+            Verdict::Settings
+        );
+    }
+
+    #[test]
+    fn timeouts_parse_with_units() {
+        assert_eq!(parse_timeout("1500"), Some(1500));
+        assert_eq!(parse_timeout("2s"), Some(2000));
+        assert_eq!(parse_timeout(" 1.5 min"), Some(90_000));
+        assert_eq!(parse_timeout("3 parsecs"), None);
+    }
+}
