@@ -1,6 +1,7 @@
 //! Real client programs through the proxy, several tenants on a small shared
-//! pool: pgbench in every query mode. Each run asserts zero failed
-//! transactions; the scripts' own checks assert round-tripped values.
+//! pool: pgbench in every query mode (zero failed transactions), and psycopg 3,
+//! asyncpg, node-postgres and pgjdbc running the scripts in tests/drivers/, which
+//! assert round-tripped values. `scripts/dev setup` installs those drivers.
 
 mod common;
 
@@ -84,4 +85,123 @@ async fn pgbench_in_every_mode_over_three_tenants() {
             );
         }
     }
+}
+
+/// Where `scripts/dev setup` installs the non-Rust drivers.
+fn drivers_dir() -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/drivers")
+}
+
+fn script(name: &str) -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/drivers")
+        .join(name)
+}
+
+/// Runs a driver check against a fresh proxy; it must print `<what> ok`.
+async fn run_check(
+    what: &str,
+    program: &std::path::Path,
+    args: &[&std::ffi::OsStr],
+    env: &[(&str, &std::ffi::OsStr)],
+) {
+    assert!(
+        program.exists() || program.components().count() == 1,
+        "{} is missing: run `scripts/dev setup` (it installs the driver matrix)",
+        program.display()
+    );
+    let db = pg().database("drivers");
+    let proxy = start(&shared_pool(&db)).await;
+    let out = tokio::process::Command::new(program)
+        .args(args)
+        .envs(env.iter().copied())
+        .env("PGT_PORT", proxy.port.to_string())
+        .env("PGT_DB", &db)
+        .env("PGT_PASSWORD", APP_PASSWORD)
+        .output()
+        .await
+        .unwrap_or_else(|e| {
+            panic!(
+                "{what}: cannot run {}: {e}; run `scripts/dev setup`",
+                program.display()
+            )
+        });
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && stdout.contains(&format!("{what} ok")),
+        "{what} failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn psycopg3() {
+    let python = drivers_dir().join("venv/bin/python");
+    run_check(
+        "psycopg",
+        &python,
+        &[script("psycopg_check.py").as_os_str()],
+        &[],
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn asyncpg() {
+    let python = drivers_dir().join("venv/bin/python");
+    run_check(
+        "asyncpg",
+        &python,
+        &[script("asyncpg_check.py").as_os_str()],
+        &[],
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn node_postgres() {
+    let node = std::path::Path::new("node");
+    let modules = drivers_dir().join("node/node_modules");
+    assert!(
+        modules.join("pg").exists(),
+        "node-postgres is missing: run `scripts/dev setup`"
+    );
+    // NODE_PATH lets the script in tests/ find the locally installed module.
+    run_check(
+        "node-postgres",
+        node,
+        &[script("node_pg_check.js").as_os_str()],
+        &[("NODE_PATH", modules.as_os_str())],
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pgjdbc() {
+    let jar = std::path::Path::new("/usr/share/java/postgresql.jar");
+    assert!(
+        jar.exists(),
+        "pgjdbc is missing: run `scripts/dev setup` (Debian's libpostgresql-jdbc-java)"
+    );
+    let classes = drivers_dir().join("java");
+    std::fs::create_dir_all(&classes).unwrap();
+    let javac = std::process::Command::new("javac")
+        .arg("-d")
+        .arg(&classes)
+        .arg(script("JdbcCheck.java"))
+        .output()
+        .expect("javac runs (scripts/dev setup installs a JDK)");
+    assert!(
+        javac.status.success(),
+        "{}",
+        String::from_utf8_lossy(&javac.stderr)
+    );
+    let classpath = format!("{}:{}", classes.display(), jar.display());
+    run_check(
+        "jdbc",
+        std::path::Path::new("java"),
+        &["-cp".as_ref(), classpath.as_ref(), "JdbcCheck".as_ref()],
+        &[],
+    )
+    .await;
 }
