@@ -195,6 +195,27 @@ impl ClientError {
         .with_hint(hint)
     }
 
+    /// As PostgreSQL says it; also when earlier pipelined results are pending.
+    pub fn discard_in_transaction() -> ClientError {
+        Self::new(
+            Severity::Error,
+            "25001",
+            "DISCARD ALL cannot run inside a transaction block".to_owned(),
+        )
+        .with_hint("Send DISCARD ALL on its own, outside a transaction, after earlier results have arrived.")
+    }
+
+    pub fn must_be_alone() -> ClientError {
+        Self::new(
+            Severity::Error,
+            "0A000",
+            "DEALLOCATE and DISCARD ALL must be sent alone, as a simple query".to_owned(),
+        )
+        .with_hint(
+            "The proxy answers them itself for your connection; send them in a query of their own.",
+        )
+    }
+
     pub fn timeout_above_cap(cap: std::time::Duration) -> ClientError {
         Self::new(
             Severity::Error,

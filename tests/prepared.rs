@@ -296,3 +296,107 @@ async fn a_failed_parse_leaves_the_name_free() {
         ["1", "2", "Dfixed", "CSELECT 1", "ZI"]
     );
 }
+
+/// DEALLOCATE and DISCARD ALL act on the client's own statements and settings;
+/// the server's statements (other clients') and the tenant context stay.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deallocate_and_discard_all_clear_only_the_clients_own() {
+    let db = pg().database("prep_dealloc");
+    let proxy = start(&one_server_config(&db, "")).await;
+    let other = proxy.connect("acme", &db).await;
+    let kept = other.prepare("SELECT 'kept'").await.unwrap();
+    let mut s = raw_login(proxy.port, "app.umbrella", APP_PASSWORD, &db).await;
+    let mut out = BytesMut::new();
+    frontend::parse("s1", "SELECT 'kept'", [], &mut out).unwrap();
+    frontend::sync(&mut out);
+    frontend::query("DEALLOCATE s1", &mut out).unwrap();
+    bind_execute(&mut out, "s1", None);
+    frontend::sync(&mut out);
+    frontend::query("deallocate prepare s1", &mut out).unwrap();
+    assert_eq!(
+        exchange(&mut s, &out, 4).await,
+        [
+            "1",
+            "ZI",
+            "CDEALLOCATE",
+            "ZI",
+            "E26000",
+            "ZI",
+            "E26000",
+            "ZI"
+        ]
+    );
+    assert_eq!(
+        other.query_one(&kept, &[]).await.unwrap().get::<_, &str>(0),
+        "kept"
+    );
+
+    out.clear();
+    frontend::parse("s1", "SELECT 1", [], &mut out).unwrap();
+    frontend::sync(&mut out);
+    frontend::query("SET TimeZone = 'Asia/Tokyo'", &mut out).unwrap();
+    frontend::query("DEALLOCATE ALL", &mut out).unwrap();
+    bind_execute(&mut out, "s1", None);
+    frontend::sync(&mut out);
+    assert_eq!(
+        exchange(&mut s, &out, 4).await,
+        [
+            "1",
+            "ZI",
+            "CSET",
+            "ZI",
+            "CDEALLOCATE ALL",
+            "ZI",
+            "E26000",
+            "ZI"
+        ]
+    );
+
+    out.clear();
+    frontend::query("DISCARD ALL", &mut out).unwrap();
+    assert_eq!(exchange(&mut s, &out, 1).await, ["CDISCARD ALL", "ZI"]);
+    out.clear();
+    frontend::query("SELECT current_setting('app.current_tenant')", &mut out).unwrap();
+    frontend::query(
+        "SELECT current_setting('TimeZone') <> 'Asia/Tokyo'",
+        &mut out,
+    )
+    .unwrap();
+    assert_eq!(
+        exchange(&mut s, &out, 2).await,
+        [
+            "T",
+            "Dumbrella",
+            "CSELECT 1",
+            "ZI",
+            "T",
+            "Dt",
+            "CSELECT 1",
+            "ZI"
+        ]
+    );
+
+    // Inside a transaction, or with other statements, it is refused.
+    out.clear();
+    frontend::query("BEGIN", &mut out).unwrap();
+    frontend::query("DISCARD ALL", &mut out).unwrap();
+    frontend::query("ROLLBACK", &mut out).unwrap();
+    frontend::query("SELECT 1; DISCARD ALL", &mut out).unwrap();
+    assert_eq!(
+        exchange(&mut s, &out, 4).await,
+        [
+            "CBEGIN",
+            "ZT",
+            "E25001",
+            "ZE",
+            "CROLLBACK",
+            "ZI",
+            "E0A000",
+            "ZI"
+        ]
+    );
+    assert_eq!(
+        other.query_one(&kept, &[]).await.unwrap().get::<_, &str>(0),
+        "kept"
+    );
+}

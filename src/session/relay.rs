@@ -67,6 +67,8 @@ pub struct Relay<S> {
     statements: ClientStatements,
     /// The client's session settings (see [`settings`]).
     settings: Settings,
+    /// Those from its startup packet, which `DISCARD ALL` goes back to.
+    startup_settings: Settings,
     /// Custom settings the client has set, read back by name.
     custom: Vec<String>,
     policy: Policy,
@@ -88,6 +90,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Relay<S> {
         };
         let settings = std::mem::take(&mut session.settings);
         Relay {
+            startup_settings: settings.clone(),
             settings,
             custom: Vec::new(),
             policy,
@@ -287,6 +290,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Relay<S> {
             // Bytes after the final ReadyForQuery: not a state we can vouch for.
             self.sbuf.clear();
             return Ok(());
+        }
+        if t.discarded {
+            self.settings.clone_from(&self.startup_settings);
+            self.custom.clear();
         }
         if t.learn {
             self.learn_settings(server, &t.custom).await?;

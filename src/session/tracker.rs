@@ -31,6 +31,10 @@ const CLOSE_COMPLETE: &[u8] = b"3\0\0\0\x04";
 const FAILING_PARSE: &[u8] = b"P\0\0\0\x18\0pgtenant refused\0\0\0";
 /// The same for a simple `Query`.
 const FAILING_QUERY: &[u8] = b"Q\0\0\0\x15pgtenant refused\0";
+/// An empty query, in place of a statement the proxy answers itself: the
+/// server's `EmptyQueryResponse` is replaced by the proxy's answer, and its
+/// `ReadyForQuery` carries the real transaction status.
+const EMPTY_QUERY: &[u8] = b"Q\0\0\0\x06;\0";
 
 /// What the server's replies to one written message mean to the proxy.
 #[derive(Debug)]
@@ -39,6 +43,9 @@ enum Reply {
     Query,
     /// The [`FAILING_QUERY`] in place of a refused one: its error is replaced.
     FailQuery(Bytes),
+    /// The [`EMPTY_QUERY`] in place of one the proxy answers: its
+    /// `EmptyQueryResponse` is replaced by this `CommandComplete`.
+    Answered(Bytes),
     /// The proxy's own `Query` (context, reset): swallowed up to its `ReadyForQuery`.
     Own,
     Sync,
@@ -101,6 +108,8 @@ pub struct Tracker {
     pub learn: bool,
     /// Custom settings a forwarded statement may have set.
     pub custom: Vec<String>,
+    /// The client sent `DISCARD ALL`: its settings go back to its startup ones.
+    pub discarded: bool,
     /// The server holds the client's current unnamed statement.
     unnamed_ready: bool,
     /// The first error of the proxy's own queries.
@@ -120,6 +129,7 @@ impl Tracker {
             dirty: false,
             learn: false,
             custom: Vec::new(),
+            discarded: false,
             unnamed_ready: false,
             context_error: None,
             copy_in: false,
@@ -175,15 +185,13 @@ impl Tracker {
                     self.unnamed_ready = false;
                     let sql = read_cstr(body).map_or(body, |(q, _)| q);
                     match judge(sql, st.policy) {
-                        Ok(effect) => {
+                        Ok(Judged::Run(effect)) => {
                             self.apply(&effect);
                             self.replies.push_back(Reply::Query);
                         }
-                        Err(e) => {
-                            w.drop_frame(frame);
-                            w.out.extend_from_slice(FAILING_QUERY);
-                            self.replies.push_back(Reply::FailQuery(encode(&e)));
-                        }
+                        Ok(Judged::Deallocate(name)) => self.deallocate(frame, name, st, &mut w),
+                        Ok(Judged::DiscardAll) => self.discard_all(frame, st, &mut w),
+                        Err(e) => self.fail_query(frame, &mut w, &e),
                     }
                 }
                 b'F' => self.replies.push_back(Reply::Query),
@@ -233,7 +241,8 @@ impl Tracker {
         let (name, rest) = read_cstr(body).ok_or_else(|| malformed("Parse"))?;
         let (query, _) = read_cstr(rest).ok_or_else(|| malformed("Parse"))?;
         let effect = match judge(query, st.policy) {
-            Ok(effect) => effect,
+            Ok(Judged::Run(effect)) => effect,
+            Ok(_) => return self.fail(frame, w, &ClientError::must_be_alone()),
             Err(e) => return self.fail(frame, w, &e),
         };
         if name.is_empty() {
@@ -363,6 +372,60 @@ impl Tracker {
         Ok(())
     }
 
+    /// `DEALLOCATE`: only the client's own names go, answered by the proxy.
+    fn deallocate(
+        &mut self,
+        frame: Frame,
+        name: Option<String>,
+        st: &mut Statements<'_>,
+        w: &mut Splicer<'_>,
+    ) {
+        let tag = match name {
+            None => {
+                st.client.clear();
+                "DEALLOCATE ALL"
+            }
+            Some(name) if st.client.contains(name.as_bytes()) => {
+                st.client.remove(name.as_bytes());
+                "DEALLOCATE"
+            }
+            Some(name) => {
+                return self.fail_query(frame, w, &ClientError::statement_missing(name.as_bytes()));
+            }
+        };
+        self.answer(frame, w, tag);
+    }
+
+    /// `DISCARD ALL` would wipe the tenant context and every client's
+    /// statements on the server: the proxy does it for this client only.
+    fn discard_all(&mut self, frame: Frame, st: &mut Statements<'_>, w: &mut Splicer<'_>) {
+        if self.status != TxStatus::Idle || !self.replies.is_empty() {
+            let err = ClientError::discard_in_transaction();
+            return self.fail_query(frame, w, &err);
+        }
+        st.client.clear();
+        st.client.forget_unnamed();
+        self.discarded = true;
+        self.answer(frame, w, "DISCARD ALL");
+    }
+
+    fn answer(&mut self, frame: Frame, w: &mut Splicer<'_>, tag: &str) {
+        w.drop_frame(frame);
+        w.out.extend_from_slice(EMPTY_QUERY);
+        let mut done = BytesMut::new();
+        done.put_u8(b'C');
+        done.put_i32((4 + tag.len() + 1) as i32);
+        done.put_slice(tag.as_bytes());
+        done.put_u8(0);
+        self.replies.push_back(Reply::Answered(done.freeze()));
+    }
+
+    fn fail_query(&mut self, frame: Frame, w: &mut Splicer<'_>, err: &ClientError) {
+        w.drop_frame(frame);
+        w.out.extend_from_slice(FAILING_QUERY);
+        self.replies.push_back(Reply::FailQuery(encode(err)));
+    }
+
     /// Notes what a statement about to run does to session state.
     fn apply(&mut self, effect: &Effect) {
         self.dirty |= effect.reset;
@@ -482,8 +545,10 @@ impl Tracker {
                 Action::Swallow
             }
             (Reply::Own, _) => Action::Swallow,
-            (Reply::FailQuery(shown), b'E') => Action::Replace(shown.clone()),
-            (Reply::Query | Reply::FailQuery(_) | Reply::Sync, b'Z') => {
+            (Reply::FailQuery(shown), b'E') | (Reply::Answered(shown), b'I') => {
+                Action::Replace(shown.clone())
+            }
+            (Reply::Query | Reply::FailQuery(_) | Reply::Answered(_) | Reply::Sync, b'Z') => {
                 self.replies.pop_front();
                 self.status = body
                     .first()
@@ -492,7 +557,7 @@ impl Tracker {
                     .ok_or_else(|| unexpected(tag))?;
                 Action::Forward
             }
-            (Reply::Query | Reply::FailQuery(_), _)
+            (Reply::Query | Reply::FailQuery(_) | Reply::Answered(_), _)
             | (Reply::Sync, b'E')
             | (_, b'N' | b'S' | b'A') => Action::Forward,
             (_, b'E') => {
@@ -621,17 +686,23 @@ impl Splicer<'_> {
     }
 }
 
+enum Judged {
+    Run(Effect),
+    Deallocate(Option<String>),
+    DiscardAll,
+}
+
 /// What a client statement does to session state, or why it is refused. The
 /// parser runs only on what the cheap scan flags.
-fn judge(sql: &[u8], policy: Policy) -> Result<Effect, ClientError> {
+fn judge(sql: &[u8], policy: Policy) -> Result<Judged, ClientError> {
     if !scan::may_change_session(sql) {
-        return Ok(Effect::default());
+        return Ok(Judged::Run(Effect::default()));
     }
     let Ok(text) = std::str::from_utf8(sql) else {
-        return Ok(Effect {
+        return Ok(Judged::Run(Effect {
             reset: true,
             ..Effect::default()
-        });
+        }));
     };
     let mut effect = Effect::default();
     match guard::classify(text, policy, &mut effect.custom) {
@@ -639,8 +710,10 @@ fn judge(sql: &[u8], policy: Policy) -> Result<Effect, ClientError> {
         Verdict::Settings => effect.settings = true,
         Verdict::Reset => effect.reset = true,
         Verdict::Refuse(e) => return Err(e),
+        Verdict::Deallocate(name) => return Ok(Judged::Deallocate(name)),
+        Verdict::DiscardAll => return Ok(Judged::DiscardAll),
     }
-    Ok(effect)
+    Ok(Judged::Run(effect))
 }
 
 fn encode(err: &ClientError) -> Bytes {

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use pg_query::NodeEnum;
 use pg_query::protobuf::a_const::Val;
-use pg_query::protobuf::{RangeVar, VariableSetKind};
+use pg_query::protobuf::{DiscardMode, RangeVar, VariableSetKind};
 
 use crate::error::ClientError;
 
@@ -35,6 +35,10 @@ pub enum Verdict {
     /// Something the proxy cannot follow may change: reset the server after.
     Reset,
     Refuse(ClientError),
+    /// `DEALLOCATE name` (`None`: `ALL`), alone: the proxy answers it.
+    Deallocate(Option<String>),
+    /// `DISCARD ALL`, alone: the proxy answers it.
+    DiscardAll,
 }
 
 impl Verdict {
@@ -45,7 +49,9 @@ impl Verdict {
             (Refuse(e), _) | (_, Refuse(e)) => Refuse(e),
             (Reset, _) | (_, Reset) => Reset,
             (Settings, _) | (_, Settings) => Settings,
-            _ => Clean,
+            (Clean, Clean) => Clean,
+            // Only reached with other statements: see `classify`.
+            _ => Refuse(ClientError::must_be_alone()),
         }
     }
 }
@@ -65,11 +71,24 @@ pub fn classify(sql: &str, policy: Policy, custom: &mut Vec<String>) -> Verdict 
         // PostgreSQL will reject it too; if it somehow runs, reset after.
         return Verdict::Reset;
     };
+    let statements: Vec<&NodeEnum> = parsed
+        .protobuf
+        .stmts
+        .iter()
+        .filter_map(|raw| raw.stmt.as_ref().and_then(|s| s.node.as_ref()))
+        .collect();
+    if let [only] = statements[..] {
+        match only {
+            NodeEnum::DeallocateStmt(d) if d.isall => return Verdict::Deallocate(None),
+            NodeEnum::DeallocateStmt(d) => return Verdict::Deallocate(Some(d.name.clone())),
+            NodeEnum::DiscardStmt(d) if d.target == DiscardMode::DiscardAll as i32 => {
+                return Verdict::DiscardAll;
+            }
+            _ => {}
+        }
+    }
     let mut verdict = Verdict::Clean;
-    for raw in &parsed.protobuf.stmts {
-        let Some(node) = raw.stmt.as_ref().and_then(|s| s.node.as_ref()) else {
-            continue;
-        };
+    for node in statements {
         if let NodeEnum::VariableSetStmt(set) = node
             && set.name.contains('.')
         {
@@ -128,6 +147,10 @@ fn set_config_names(parsed: &pg_query::ParseResult) -> Option<Vec<String>> {
 fn statement(node: &NodeEnum, policy: Policy) -> Verdict {
     match node {
         NodeEnum::VariableSetStmt(set) => setting(set, policy),
+        NodeEnum::DeallocateStmt(_) => Verdict::Refuse(ClientError::must_be_alone()),
+        NodeEnum::DiscardStmt(d) if d.target == DiscardMode::DiscardAll as i32 => {
+            Verdict::Refuse(ClientError::must_be_alone())
+        }
         NodeEnum::ListenStmt(_) => Verdict::Refuse(ClientError::session_only(
             "LISTEN",
             "Notifications need a session of their own: connect with a user whose pool_mode is session.",
@@ -252,6 +275,8 @@ mod tests {
             Verdict::Clean => "clean",
             Verdict::Settings => "settings",
             Verdict::Reset => "reset",
+            Verdict::Deallocate(_) => "deallocate",
+            Verdict::DiscardAll => "discard all",
         }
     }
 
@@ -300,7 +325,15 @@ mod tests {
         assert_eq!(code("RESET ALL"), "reset");
         assert_eq!(code("SET ROLE nobody"), "reset");
         assert_eq!(code("DO $$ BEGIN PERFORM 1; END $$"), "reset");
-        assert_eq!(code("DISCARD ALL"), "reset");
+        assert_eq!(code("DISCARD ALL"), "discard all");
+        assert_eq!(code("discard temp"), "reset");
+        assert_eq!(code("DEALLOCATE ALL"), "deallocate");
+        assert_eq!(
+            classify("DEALLOCATE PREPARE s1", POLICY, &mut Vec::new()),
+            Verdict::Deallocate(Some("s1".into()))
+        );
+        assert_eq!(code("SELECT 1; DISCARD ALL"), "0A000");
+        assert_eq!(code("DEALLOCATE s1; SELECT 1"), "0A000");
         assert_eq!(code("SELEC oops"), "reset");
         assert_eq!(code("SELECT set_config(name, 'x', false) FROM t"), "reset");
     }

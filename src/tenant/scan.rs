@@ -9,7 +9,16 @@
 
 /// Words that change session state when they start a statement.
 const LEADING: &[&[u8]] = &[
-    b"set", b"reset", b"discard", b"listen", b"prepare", b"declare", b"do", b"load", b"call",
+    b"set",
+    b"reset",
+    b"discard",
+    b"deallocate",
+    b"listen",
+    b"prepare",
+    b"declare",
+    b"do",
+    b"load",
+    b"call",
 ];
 /// Words that may change session state wherever they appear.
 const ANYWHERE: &[&[u8]] = &[
