@@ -51,6 +51,20 @@ fn client_io(e: std::io::Error) -> RelayError {
     RelayError::Client(e.into())
 }
 
+/// The client's and the server's statements, borrowed for one batch (a macro
+/// so the borrows stay field by field, leaving the buffers free).
+macro_rules! statements {
+    ($relay:ident, $server:ident) => {
+        Statements {
+            client: &mut $relay.statements,
+            server: &mut $server.statements,
+            namespace: &$relay.session.context.namespace,
+            server_limit: $relay.server_statements,
+            client_limit: $relay.client_statements,
+            policy: $relay.policy,
+        }
+    };
+}
 pub struct Relay<S> {
     client: S,
     /// Bytes read from the client and not yet forwarded.
@@ -331,14 +345,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Relay<S> {
         t: &mut Tracker,
         server: &mut Server,
     ) -> Result<bool, RelayError> {
-        let mut st = Statements {
-            client: &mut self.statements,
-            server: &mut server.statements,
-            namespace: &self.session.context.namespace,
-            server_limit: self.server_statements,
-            client_limit: self.client_statements,
-            policy: self.policy,
-        };
+        let mut st = statements!(self, server);
         let (n, terminated) =
             t.client_messages(&self.cbuf, self.max_message, &mut st, &mut self.out)?;
         let bytes = if self.out.is_empty() {
@@ -397,14 +404,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Relay<S> {
         t: &mut Tracker,
         server: &mut Server,
     ) -> Result<(), RelayError> {
-        let mut st = Statements {
-            client: &mut self.statements,
-            server: &mut server.statements,
-            namespace: &self.session.context.namespace,
-            server_limit: self.server_statements,
-            client_limit: self.client_statements,
-            policy: self.policy,
-        };
+        let mut st = statements!(self, server);
         let buf = &self.sbuf[..];
         let mut frames = Frames::new(buf, self.max_message);
         // `buf[..run]` is accounted for in `cout` once `edited`.
