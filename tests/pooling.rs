@@ -506,3 +506,67 @@ async fn server_dying_mid_transaction_disconnects_only_its_client() {
         "umbrella"
     );
 }
+
+/// `pool_mode: session` (here on one tenant): the client keeps one server for
+/// its connection, so temp tables, LISTEN and session locks work across its
+/// transactions; when it leaves, the server is reset before the next tenant.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn session_mode_keeps_one_server_and_resets_it_after() {
+    let db = pg().database("session_mode");
+    let tenants = tenants("one", "one", "one", "one").replace(
+        "acme:     { tier: one, cluster: main }",
+        "acme:     { tier: one, cluster: main, pool_mode: session }",
+    );
+    let proxy = start(&config(
+        &db,
+        "\n  one: { pool_size: 1, queue_timeout: 500ms }",
+        &tenants,
+    ))
+    .await;
+    let acme = proxy.connect("acme", &db).await;
+    acme.batch_execute(
+        "CREATE TEMP TABLE scratch (x int); INSERT INTO scratch VALUES (1); LISTEN jobs; SELECT pg_advisory_lock(42)",
+    )
+    .await
+    .unwrap();
+    let pid = one(&acme, "SELECT pg_backend_pid()").await;
+    assert_eq!(one(&acme, "SELECT count(*) FROM scratch").await, "1");
+    assert_eq!(one(&acme, "SELECT pg_backend_pid()").await, pid);
+    // The one server is held: another tenant waits and times out meanwhile.
+    let umbrella = proxy.connect("umbrella", &db).await;
+    let err = umbrella.simple_query("SELECT 1").await.unwrap_err();
+    assert_eq!(code(&err), "53300");
+    // A transaction-mode tenant is still refused session-only features.
+    drop(acme);
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    let err = umbrella
+        .batch_execute("CREATE TEMP TABLE t (x int)")
+        .await
+        .unwrap_err();
+    assert_eq!(code(&err), "0A000");
+    assert_eq!(one(&umbrella, "SELECT pg_backend_pid()").await, pid);
+    assert_eq!(
+        one(
+            &umbrella,
+            "SELECT count(*) FROM pg_tables WHERE tablename = 'scratch'"
+        )
+        .await,
+        "0"
+    );
+    assert_eq!(
+        one(
+            &umbrella,
+            "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory'"
+        )
+        .await,
+        "0"
+    );
+    assert_eq!(
+        one(&umbrella, "SELECT count(*) FROM pg_listening_channels()").await,
+        "0"
+    );
+    assert_eq!(
+        one(&umbrella, "SELECT current_setting('app.current_tenant')").await,
+        "umbrella"
+    );
+}

@@ -17,6 +17,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
+pub use raw::PoolMode;
 pub use secret::Secret;
 
 /// One problem in the file, located.
@@ -126,6 +127,7 @@ pub struct Tier {
     pub max_client_connections: u32,
     /// Other settings applied on every transaction, validated names.
     pub settings: Vec<(String, String)>,
+    pub pool_mode: PoolMode,
 }
 
 #[derive(Debug, Clone)]
@@ -138,6 +140,8 @@ pub struct Tenant {
     pub role: Option<String>,
     /// Size of the tenant's own pool, when it has one.
     pub dedicated_pool_size: Option<u32>,
+    /// Overrides the tier's pool mode.
+    pub pool_mode: Option<PoolMode>,
 }
 
 #[derive(Debug, Clone)]

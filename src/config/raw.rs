@@ -162,6 +162,10 @@ pub struct RawTier {
     /// Other PostgreSQL settings applied to every transaction (`work_mem: 4MB`).
     #[serde(default)]
     pub settings: BTreeMap<Name, String>,
+    /// `transaction` (a server per transaction) or `session` (a server for the
+    /// client's whole connection, for LISTEN, temp tables, session locks).
+    #[serde(default)]
+    pub pool_mode: PoolMode,
 }
 
 fn default_queue_timeout() -> Dur {
@@ -172,6 +176,14 @@ fn default_max_clients() -> u32 {
 }
 
 #[derive(Debug, Deserialize, Clone, Copy, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum PoolMode {
+    #[default]
+    Transaction,
+    Session,
+}
+
+#[derive(Debug, Deserialize, Default, Clone, Copy, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
 pub enum Status {
     #[default]
@@ -198,6 +210,9 @@ pub struct RawTenant {
     /// A dedicated pool of this size instead of the tier's shared pool.
     #[serde(default)]
     pub pool_size: Option<Spanned<u32>>,
+    /// Overrides the tier's `pool_mode` for this tenant.
+    #[serde(default)]
+    pub pool_mode: Option<PoolMode>,
     /// Login users that belong to this tenant.
     #[serde(default)]
     pub users: BTreeMap<Name, RawUser>,

@@ -289,6 +289,7 @@ fn tier(errs: &mut Errors, name: &str, t: &RawTier) -> Tier {
             .iter()
             .map(|(k, v)| (k.value.clone(), v.clone()))
             .collect(),
+        pool_mode: t.pool_mode,
     }
 }
 
@@ -339,6 +340,7 @@ fn tenant(
         schema: t.schema.as_ref().map(|s| s.value.clone()),
         role: t.role.as_ref().map(|s| s.value.clone()),
         dedicated_pool_size: t.pool_size.as_ref().map(|s| s.value),
+        pool_mode: t.pool_mode,
     }
 }
 

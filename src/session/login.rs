@@ -11,7 +11,7 @@ use super::io::{SessionIoError, read_message};
 use super::settings::{self, Settings};
 use super::{ClientSlot, Deps};
 use crate::auth::{self, AuthError, scram};
-use crate::config::{Secret, Tenant, Tier};
+use crate::config::{PoolMode, Secret, Tenant, Tier};
 use crate::error::ClientError;
 use crate::pool::Pool;
 use crate::protocol::{TxStatus, build, frame::read_cstr, startup::StartupMessage};
@@ -54,6 +54,8 @@ pub struct LoggedIn {
     pub settings: Settings,
     /// The name of the tenant setting (`app.current_tenant`).
     pub tenant_setting: Arc<str>,
+    /// `pool_mode: session`: one server for the whole connection.
+    pub session_mode: bool,
     /// Held for the session's lifetime: counts toward `max_client_connections`.
     pub _client_slot: ClientSlot,
 }
@@ -118,6 +120,7 @@ pub async fn login<S: AsyncRead + AsyncWrite + Unpin>(
     let params = server_params(&pool, &tenant_key, tier.queue_timeout).await?;
     let policy = Policy {
         statement_timeout: tier.statement_timeout,
+        session: false,
     };
     let settings =
         settings::from_startup(&startup.params, &params, &config.tenant_setting, policy)?;
@@ -140,6 +143,7 @@ pub async fn login<S: AsyncRead + AsyncWrite + Unpin>(
     Ok(LoggedIn {
         settings,
         tenant_setting: Arc::from(config.tenant_setting.as_str()),
+        session_mode: tenant.pool_mode.unwrap_or(tier.pool_mode) == PoolMode::Session,
         tenant_key,
         pool,
         context,

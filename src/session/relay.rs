@@ -86,6 +86,8 @@ pub struct Relay<S> {
     /// Custom settings the client has set, read back by name.
     custom: Vec<String>,
     policy: Policy,
+    /// In `pool_mode: session`, the server held between transactions.
+    held: Option<Lease>,
     max_message: usize,
     server_statements: usize,
     client_statements: usize,
@@ -101,6 +103,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Relay<S> {
     ) -> Self {
         let policy = Policy {
             statement_timeout: session.tier.statement_timeout,
+            session: session.session_mode,
         };
         let settings = std::mem::take(&mut session.settings);
         Relay {
@@ -108,6 +111,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Relay<S> {
             settings,
             custom: Vec::new(),
             policy,
+            held: None,
             client,
             cbuf,
             sbuf: BytesMut::with_capacity(16 * 1024),
@@ -126,6 +130,14 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Relay<S> {
     /// are sent to it here, once.
     pub async fn run(mut self) -> Result<(), RelayError> {
         let result = self.serve().await;
+        if let Some(mut lease) = self.held.take()
+            && result.is_ok()
+        {
+            // The client left between transactions: its session state goes
+            // with DISCARD ALL before anyone else uses the server.
+            lease.server().needs_reset = true;
+            lease.release();
+        }
         let shown = match &result {
             Err(RelayError::Refused(e)) => Some(e.clone()),
             // A bad length read while idle: as much a protocol violation as mid-transaction.
@@ -167,6 +179,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Relay<S> {
                     continue;
                 }
                 _ => {}
+            }
+            if let Some(lease) = self.held.take() {
+                self.transaction(lease).await?;
+                continue;
             }
             let started = Instant::now();
             let Some(checkout) = self.checkout(started).await? else {
@@ -299,7 +315,15 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Relay<S> {
         self.cancel.slot.detach();
         result?;
         let server = lease.server();
-        server.needs_reset |= t.dirty;
+        if self.policy.session {
+            // Session state stays with its client until it leaves; only the
+            // tenant context is put back, in case a statement wiped it.
+            if t.dirty {
+                server.context = None;
+            }
+        } else {
+            server.needs_reset |= t.dirty;
+        }
         if !self.sbuf.is_empty() {
             // Bytes after the final ReadyForQuery: not a state we can vouch for.
             self.sbuf.clear();
@@ -312,7 +336,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Relay<S> {
         if t.learn {
             self.learn_settings(server, &t.custom).await?;
         }
-        lease.release();
+        if self.policy.session {
+            self.held = Some(lease);
+        } else {
+            lease.release();
+        }
         Ok(())
     }
 

@@ -191,6 +191,7 @@ mod tests {
 
     const POLICY: Policy = Policy {
         statement_timeout: Some(Duration::from_secs(5)),
+        session: false,
     };
 
     fn pairs(list: &[(&str, &str)]) -> Vec<(String, String)> {

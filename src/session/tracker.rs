@@ -789,6 +789,7 @@ mod tests {
                 client_limit: 10,
                 policy: Policy {
                     statement_timeout: None,
+                    session: false,
                 },
             }
         }

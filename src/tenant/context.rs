@@ -99,6 +99,7 @@ mod tests {
             queue_timeout: Duration::from_secs(1),
             max_client_connections: 1,
             settings: vec![("work_mem".into(), "4MB".into())],
+            pool_mode: Default::default(),
         }
     }
 
@@ -111,6 +112,7 @@ mod tests {
             schema: schema.map(Into::into),
             role: role.map(Into::into),
             dedicated_pool_size: None,
+            pool_mode: None,
         }
     }
 

@@ -61,6 +61,20 @@ impl Verdict {
 pub struct Policy {
     /// The tier's `statement_timeout`; a client may lower it, not raise it.
     pub statement_timeout: Option<Duration>,
+    /// The client holds its server for its whole connection (`pool_mode:
+    /// session`): session-only features are allowed, and reset at release.
+    pub session: bool,
+}
+
+impl Policy {
+    /// A feature that needs the same server across transactions.
+    fn session_only(self, what: &str, hint: &str) -> Verdict {
+        if self.session {
+            Verdict::Reset
+        } else {
+            Verdict::Refuse(ClientError::session_only(what, hint))
+        }
+    }
 }
 
 /// Classifies `sql` (one `Query` or `Parse` text). Names of custom settings
@@ -99,9 +113,9 @@ pub fn classify(sql: &str, policy: Policy, custom: &mut Vec<String>) -> Verdict 
     for function in parsed.functions() {
         let name = function.rsplit('.').next().unwrap_or(&function);
         if SESSION_LOCKS.contains(&name) {
-            return Verdict::Refuse(ClientError::session_only(
+            verdict = verdict.and(policy.session_only(
                 "session-level advisory locks",
-                "Use pg_advisory_xact_lock(), which is released at the end of the transaction.",
+                "Use pg_advisory_xact_lock(), released at the end of the transaction, or pool_mode: session.",
             ));
         }
         if name == "set_config" {
@@ -151,28 +165,26 @@ fn statement(node: &NodeEnum, policy: Policy) -> Verdict {
         NodeEnum::DiscardStmt(d) if d.target == DiscardMode::DiscardAll as i32 => {
             Verdict::Refuse(ClientError::must_be_alone())
         }
-        NodeEnum::ListenStmt(_) => Verdict::Refuse(ClientError::session_only(
+        NodeEnum::ListenStmt(_) => policy.session_only(
             "LISTEN",
-            "Notifications need a session of their own: connect with a user whose pool_mode is session.",
-        )),
-        NodeEnum::PrepareStmt(_) => Verdict::Refuse(ClientError::session_only(
+            "Notifications need a session of their own: use a tier or tenant with pool_mode: session.",
+        ),
+        NodeEnum::PrepareStmt(_) => policy.session_only(
             "SQL-level PREPARE",
             "Use your driver's prepared statements (protocol-level), which the proxy keeps per client.",
-        )),
-        NodeEnum::DeclareCursorStmt(c) if c.options & CURSOR_OPT_HOLD != 0 => {
-            Verdict::Refuse(ClientError::session_only(
-                "cursors WITH HOLD",
-                "Declare the cursor WITHOUT HOLD inside a transaction block.",
-            ))
-        }
-        NodeEnum::CreateStmt(c) if is_temp(c.relation.as_ref()) => temp_refused(),
+        ),
+        NodeEnum::DeclareCursorStmt(c) if c.options & CURSOR_OPT_HOLD != 0 => policy.session_only(
+            "cursors WITH HOLD",
+            "Declare the cursor WITHOUT HOLD inside a transaction block, or use pool_mode: session.",
+        ),
+        NodeEnum::CreateStmt(c) if is_temp(c.relation.as_ref()) => temp_refused(policy),
         NodeEnum::CreateTableAsStmt(c) if is_temp(c.into.as_ref().and_then(|i| i.rel.as_ref())) => {
-            temp_refused()
+            temp_refused(policy)
         }
-        NodeEnum::ViewStmt(v) if is_temp(v.view.as_ref()) => temp_refused(),
-        NodeEnum::CreateSeqStmt(s) if is_temp(s.sequence.as_ref()) => temp_refused(),
+        NodeEnum::ViewStmt(v) if is_temp(v.view.as_ref()) => temp_refused(policy),
+        NodeEnum::CreateSeqStmt(s) if is_temp(s.sequence.as_ref()) => temp_refused(policy),
         NodeEnum::SelectStmt(s) if is_temp(s.into_clause.as_ref().and_then(|i| i.rel.as_ref())) => {
-            temp_refused()
+            temp_refused(policy)
         }
         // Anything else the scan flagged (DO, CALL, DISCARD, LOAD, UNLISTEN…).
         NodeEnum::SelectStmt(_)
@@ -254,11 +266,11 @@ fn is_temp(rel: Option<&RangeVar>) -> bool {
     rel.is_some_and(|r| r.relpersistence == "t")
 }
 
-fn temp_refused() -> Verdict {
-    Verdict::Refuse(ClientError::session_only(
+fn temp_refused(policy: Policy) -> Verdict {
+    policy.session_only(
         "temporary tables, views and sequences",
-        "Use a regular table, or connect with a user whose pool_mode is session.",
-    ))
+        "Use a regular table, or a tier or tenant with pool_mode: session.",
+    )
 }
 
 #[cfg(test)]
@@ -267,6 +279,7 @@ mod tests {
 
     const POLICY: Policy = Policy {
         statement_timeout: Some(Duration::from_secs(5)),
+        session: false,
     };
 
     fn code(sql: &str) -> &'static str {
@@ -297,6 +310,15 @@ mod tests {
             "PREPARE p AS SELECT 1",
         ] {
             assert_eq!(code(sql), "0A000", "{sql}");
+            let session = Policy {
+                session: true,
+                ..POLICY
+            };
+            assert_eq!(
+                classify(sql, session, &mut Vec::new()),
+                Verdict::Reset,
+                "{sql}"
+            );
         }
     }
 
@@ -362,6 +384,7 @@ mod tests {
         }
         let no_cap = Policy {
             statement_timeout: None,
+            session: false,
         };
         assert_eq!(
             classify("SET statement_timeout = 0", no_cap, &mut Vec::new()),
