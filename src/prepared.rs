@@ -45,6 +45,19 @@ pub struct Effect {
     pub custom: Vec<String>,
 }
 
+impl Effect {
+    /// Adds what another statement does.
+    pub fn merge(&mut self, other: &Effect) {
+        self.reset |= other.reset;
+        self.settings |= other.settings;
+        for name in &other.custom {
+            if !self.custom.contains(name) {
+                self.custom.push(name.clone());
+            }
+        }
+    }
+}
+
 impl Statement {
     /// `namespace` identifies what names resolve to (the tenant's role and
     /// `search_path`); `rest` is the client's `Parse` body after its name: the
@@ -137,11 +150,10 @@ impl ClientStatements {
     }
 }
 
-/// The statements one server has prepared, with their last use.
+/// The statements one server has prepared: digest → (last use, name).
 #[derive(Debug, Default)]
 pub struct ServerStatements {
-    used: HashMap<u128, u64, BuildHasherDefault<DigestHasher>>,
-    names: HashMap<u128, Bytes, BuildHasherDefault<DigestHasher>>,
+    prepared: HashMap<u128, (u64, Bytes), BuildHasherDefault<DigestHasher>>,
     clock: u64,
     /// Prepared on the server but no longer usable (its result type changed):
     /// to close before the next use of this server.
@@ -152,8 +164,8 @@ impl ServerStatements {
     /// Whether the server has `id`; marks it used.
     pub fn touch(&mut self, id: u128) -> bool {
         self.clock += 1;
-        match self.used.get_mut(&id) {
-            Some(at) => {
+        match self.prepared.get_mut(&id) {
+            Some((at, _)) => {
                 *at = self.clock;
                 true
             }
@@ -164,40 +176,37 @@ impl ServerStatements {
     /// Records `statement` as prepared. When that goes over `limit`, the least
     /// recently used one is forgotten and returned, for the caller to close.
     pub fn insert(&mut self, statement: &Statement, limit: usize) -> Option<(u128, Bytes)> {
-        self.clock += 1;
-        let evicted = if self.used.len() >= limit.max(1) {
-            let (&oldest, _) = self
-                .used
+        let evicted = if self.prepared.len() >= limit.max(1) {
+            let oldest = self
+                .prepared
                 .iter()
-                .min_by_key(|&(_, at)| *at)
+                .min_by_key(|(_, (at, _))| *at)
+                .map(|(&id, _)| id)
                 .expect("limit is at least 1");
-            self.used.remove(&oldest);
-            self.names.remove(&oldest).map(|name| (oldest, name))
+            self.prepared
+                .remove(&oldest)
+                .map(|(_, name)| (oldest, name))
         } else {
             None
         };
-        self.used.insert(statement.id, self.clock);
-        self.names.insert(statement.id, statement.name.clone());
+        self.restore(statement.id, statement.name.clone());
         evicted
     }
 
-    /// Records a statement the server still has after all (its `Close` was
-    /// skipped by an earlier error).
+    /// Records a statement the server has (again, when its `Close` was skipped
+    /// by an earlier error).
     pub fn restore(&mut self, id: u128, name: Bytes) {
         self.clock += 1;
-        self.used.insert(id, self.clock);
-        self.names.insert(id, name);
+        self.prepared.insert(id, (self.clock, name));
     }
 
     pub fn remove(&mut self, id: u128) {
-        self.used.remove(&id);
-        self.names.remove(&id);
+        self.prepared.remove(&id);
     }
 
     /// Forgets `id` and notes its name for closing.
     pub fn mark_stale(&mut self, id: u128) {
-        self.used.remove(&id);
-        if let Some(name) = self.names.remove(&id) {
+        if let Some((_, name)) = self.prepared.remove(&id) {
             self.stale.push(name);
         }
     }
@@ -212,17 +221,16 @@ impl ServerStatements {
 
     /// After `DISCARD ALL`: the server has none left.
     pub fn clear(&mut self) {
-        self.used.clear();
-        self.names.clear();
+        self.prepared.clear();
         self.stale.clear();
     }
 
     pub fn len(&self) -> usize {
-        self.used.len()
+        self.prepared.len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.used.is_empty()
+        self.prepared.is_empty()
     }
 }
 

@@ -400,3 +400,44 @@ async fn deallocate_and_discard_all_clear_only_the_clients_own() {
         "kept"
     );
 }
+
+/// A client that vanishes inside a transaction after using a statement takes
+/// its server with it; the next client of the same statement gets it prepared
+/// on the replacement server.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_gone_mid_transaction_leaves_no_stale_statement_record() {
+    let db = pg().database("prep_gone");
+    let proxy = start(&one_server_config(&db, "")).await;
+    let mut s = raw_login(proxy.port, "app.acme", APP_PASSWORD, &db).await;
+    let mut out = BytesMut::new();
+    frontend::query("BEGIN", &mut out).unwrap();
+    frontend::parse("s1", "SELECT 'again'", [], &mut out).unwrap();
+    bind_execute(&mut out, "s1", None);
+    frontend::sync(&mut out);
+    assert_eq!(
+        exchange(&mut s, &out, 2).await,
+        ["CBEGIN", "ZT", "1", "2", "Dagain", "CSELECT 1", "ZT"]
+    );
+    let first = pg().superuser(&db).await;
+    drop(s);
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    assert_eq!(
+        one(
+            &first,
+            "SELECT count(*) FROM pg_stat_activity WHERE state LIKE 'idle in transaction%'"
+        )
+        .await,
+        "0"
+    );
+    let next = proxy.connect("acme", &db).await;
+    let statement = next.prepare("SELECT 'again'").await.unwrap();
+    for _ in 0..2 {
+        assert_eq!(
+            next.query_one(&statement, &[])
+                .await
+                .unwrap()
+                .get::<_, &str>(0),
+            "again"
+        );
+    }
+}

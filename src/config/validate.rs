@@ -468,6 +468,28 @@ tenants:
         }
     }
 
+    /// A value outside an enum (here `pool_mode`) is refused at its line.
+    #[test]
+    fn unknown_pool_mode_is_refused_with_its_line() {
+        let text = BASE.replace(
+            "    pool_size: 2\n",
+            "    pool_size: 2\n    pool_mode: statement\n",
+        );
+        let errors = parse(&text, &|_| None).expect_err("pool_mode: statement").0;
+        assert!(
+            errors
+                .iter()
+                .any(|e| e.line == 7 && e.message.contains("statement")),
+            "{errors:?}"
+        );
+        let text = BASE.replace("cluster: main }", "cluster: main, pool_mode: session }");
+        let config = parse(&text, &|_| None).unwrap();
+        assert_eq!(
+            config.tenants["acme"].pool_mode,
+            Some(crate::config::PoolMode::Session)
+        );
+    }
+
     #[test]
     fn base_config_is_valid_and_env_is_expanded() {
         let text = BASE.replace("user: u", "user: \"${WHO}\"");

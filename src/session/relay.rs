@@ -318,11 +318,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Relay<S> {
         if self.policy.session {
             // Session state stays with its client until it leaves; only the
             // tenant context is put back, in case a statement wiped it.
-            if t.dirty {
+            if t.effect.reset {
                 server.context = None;
             }
         } else {
-            server.needs_reset |= t.dirty;
+            server.needs_reset |= t.effect.reset;
         }
         if !self.sbuf.is_empty() {
             // Bytes after the final ReadyForQuery: not a state we can vouch for.
@@ -333,8 +333,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Relay<S> {
             self.settings.clone_from(&self.startup_settings);
             self.custom.clear();
         }
-        if t.learn {
-            self.learn_settings(server, &t.custom).await?;
+        if t.effect.settings {
+            self.learn_settings(server, &t.effect.custom).await?;
         }
         if self.policy.session {
             self.held = Some(lease);

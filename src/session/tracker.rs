@@ -102,12 +102,9 @@ pub struct Tracker {
     /// The server hit an error and ignores messages until `Sync`.
     skipping: bool,
     pub status: TxStatus,
-    /// A forwarded statement may have left state the proxy cannot follow.
-    pub dirty: bool,
-    /// A forwarded statement may have changed settings: learn them after.
-    pub learn: bool,
-    /// Custom settings a forwarded statement may have set.
-    pub custom: Vec<String>,
+    /// What the forwarded statements may have done to session state: state the
+    /// proxy cannot follow (reset after), settings to learn, custom settings.
+    pub effect: Effect,
     /// The client sent `DISCARD ALL`: its settings go back to its startup ones.
     pub discarded: bool,
     /// The server holds the client's current unnamed statement.
@@ -126,9 +123,7 @@ impl Tracker {
             unsynced: false,
             skipping: false,
             status: TxStatus::Idle,
-            dirty: false,
-            learn: false,
-            custom: Vec::new(),
+            effect: Effect::default(),
             discarded: false,
             unnamed_ready: false,
             context_error: None,
@@ -186,7 +181,7 @@ impl Tracker {
                     let sql = read_cstr(body).map_or(body, |(q, _)| q);
                     match judge(sql, st.policy) {
                         Ok(Judged::Run(effect)) => {
-                            self.apply(&effect);
+                            self.effect.merge(&effect);
                             self.replies.push_back(Reply::Query);
                         }
                         Ok(Judged::Deallocate(name)) => self.deallocate(frame, name, st, &mut w),
@@ -242,8 +237,15 @@ impl Tracker {
         let (query, _) = read_cstr(rest).ok_or_else(|| malformed("Parse"))?;
         let effect = match judge(query, st.policy) {
             Ok(Judged::Run(effect)) => effect,
-            Ok(_) => return self.fail(frame, w, &ClientError::must_be_alone()),
-            Err(e) => return self.fail(frame, w, &e),
+            // DEALLOCATE / DISCARD ALL are answered only as simple queries.
+            Ok(_) => {
+                self.fail(frame, w, &ClientError::must_be_alone());
+                return Ok(());
+            }
+            Err(e) => {
+                self.fail(frame, w, &e);
+                return Ok(());
+            }
         };
         if name.is_empty() {
             st.client.set_unnamed(rest, effect);
@@ -251,11 +253,16 @@ impl Tracker {
             self.replies.push_back(Reply::Parse(Some(Undo::Unnamed)));
             return Ok(());
         }
-        if st.client.contains(name) {
-            return self.fail(frame, w, &ClientError::statement_exists(name));
-        }
-        if st.client.len() >= st.client_limit {
-            return self.fail(frame, w, &ClientError::too_many_statements(st.client_limit));
+        let refused = if st.client.contains(name) {
+            Some(ClientError::statement_exists(name))
+        } else if st.client.len() >= st.client_limit {
+            Some(ClientError::too_many_statements(st.client_limit))
+        } else {
+            None
+        };
+        if let Some(e) = refused {
+            self.fail(frame, w, &e);
+            return Ok(());
         }
         let statement = Arc::new(Statement::new(st.namespace, rest, effect));
         let name = Bytes::copy_from_slice(name);
@@ -265,12 +272,10 @@ impl Tracker {
             self.replies
                 .push_back(Reply::Fake(PARSE_COMPLETE, Some(name)));
         } else {
-            self.prepare_on_server(&statement, st, w);
-            // The injected Parse stands for the client's: its reply is forwarded.
-            let own = self.replies.pop_back();
-            debug_assert!(matches!(own, Some(Reply::OwnParse(_))));
-            self.replies
-                .push_back(Reply::Parse(Some(Undo::Named(name, statement.id))));
+            // The Parse written under the server name stands for the client's:
+            // its reply is forwarded.
+            let reply = Reply::Parse(Some(Undo::Named(name, statement.id)));
+            self.prepare_on_server(&statement, st, w, reply);
         }
         Ok(())
     }
@@ -289,17 +294,14 @@ impl Tracker {
             if !self.ensure_unnamed(frame, st, w) {
                 return Ok(());
             }
-            let effect = st.client.unnamed_effect().clone();
-            self.apply(&effect);
+            self.effect.merge(st.client.unnamed_effect());
             self.replies.push_back(Reply::Bind(None));
             return Ok(());
         }
-        let Some(statement) = st.client.get(name).cloned() else {
-            return self.fail(frame, w, &ClientError::statement_missing(name));
+        let Some(statement) = self.named(frame, name, st, w) else {
+            return Ok(());
         };
-        self.apply(&statement.effect);
-        w.drop_frame(frame);
-        self.ensure_prepared(&statement, st, w);
+        self.effect.merge(&statement.effect);
         let out = &mut *w.out;
         out.put_u8(b'B');
         out.put_i32((4 + portal.len() + 1 + statement.name.len() + 1 + after.len()) as i32);
@@ -332,11 +334,9 @@ impl Tracker {
             }
             return Ok(());
         }
-        let Some(statement) = st.client.get(name).cloned() else {
-            return self.fail(frame, w, &ClientError::statement_missing(name));
+        let Some(statement) = self.named(frame, name, st, w) else {
+            return Ok(());
         };
-        w.drop_frame(frame);
-        self.ensure_prepared(&statement, st, w);
         let out = &mut *w.out;
         out.put_u8(b'D');
         out.put_i32((4 + 1 + statement.name.len() + 1) as i32);
@@ -426,42 +426,44 @@ impl Tracker {
         self.replies.push_back(Reply::FailQuery(encode(err)));
     }
 
-    /// Notes what a statement about to run does to session state.
-    fn apply(&mut self, effect: &Effect) {
-        self.dirty |= effect.reset;
-        self.learn |= effect.settings;
-        for name in &effect.custom {
-            if !self.custom.contains(name) {
-                self.custom.push(name.clone());
-            }
-        }
-    }
-
-    /// Makes sure the server has `statement`, writing a `Parse` first if not.
-    fn ensure_prepared(
+    /// The client's statement `name` for a `Bind` or `Describe` at `frame`:
+    /// the frame is left out (the caller writes it under the server name) and
+    /// the server gets a `Parse` first if it lacks the statement. An unknown
+    /// name fails the message as PostgreSQL would (`None`).
+    fn named(
         &mut self,
-        statement: &Arc<Statement>,
+        frame: Frame,
+        name: &[u8],
         st: &mut Statements<'_>,
         w: &mut Splicer<'_>,
-    ) {
+    ) -> Option<Arc<Statement>> {
+        let Some(statement) = st.client.get(name).cloned() else {
+            self.fail(frame, w, &ClientError::statement_missing(name));
+            return None;
+        };
+        w.drop_frame(frame);
         if !st.server.touch(statement.id) {
-            self.prepare_on_server(statement, st, w);
+            let reply = Reply::OwnParse(Some(Arc::clone(&statement)));
+            self.prepare_on_server(&statement, st, w, reply);
         }
+        Some(statement)
     }
 
+    /// Writes `statement`'s `Parse` (closing the least recently used one when
+    /// the server is full) and notes `reply` for it.
     fn prepare_on_server(
         &mut self,
-        statement: &Arc<Statement>,
+        statement: &Statement,
         st: &mut Statements<'_>,
         w: &mut Splicer<'_>,
+        reply: Reply,
     ) {
         if let Some((id, name)) = st.server.insert(statement, st.server_limit) {
             prepared::close_message(w.out, &name);
             self.replies.push_back(Reply::OwnClose(Some(id), name));
         }
         w.out.extend_from_slice(&statement.parse);
-        self.replies
-            .push_back(Reply::OwnParse(Some(Arc::clone(statement))));
+        self.replies.push_back(reply);
     }
 
     /// Before a `Bind` or `Describe` of the unnamed statement on a server that
@@ -477,7 +479,7 @@ impl Tracker {
             return true;
         }
         let Some(rest) = st.client.unnamed() else {
-            let _ = self.fail(frame, w, &ClientError::statement_missing(b""));
+            self.fail(frame, w, &ClientError::statement_missing(b""));
             return false;
         };
         w.insert_before(frame);
@@ -493,17 +495,11 @@ impl Tracker {
 
     /// Replaces the message at `frame` with one that fails on the server, and
     /// shows the client `err` in its place.
-    fn fail(
-        &mut self,
-        frame: Frame,
-        w: &mut Splicer<'_>,
-        err: &ClientError,
-    ) -> Result<(), RelayError> {
+    fn fail(&mut self, frame: Frame, w: &mut Splicer<'_>, err: &ClientError) {
         w.drop_frame(frame);
         w.out.extend_from_slice(FAILING_PARSE);
         self.unnamed_ready = false;
         self.replies.push_back(Reply::Fail(encode(err)));
-        Ok(())
     }
 
     pub fn fake_due(&self) -> bool {
@@ -836,7 +832,7 @@ mod tests {
             assert_eq!(reply(&mut t, &mut sets, tag, body), Action::Forward);
         }
         assert!(t.at_boundary());
-        assert!(!t.dirty);
+        assert!(!t.effect.reset);
     }
 
     #[test]
@@ -858,17 +854,17 @@ mod tests {
     fn session_changing_statements_mark_the_server_for_reset() {
         let (mut t, mut sets) = (Tracker::new(), Sets::new());
         feed(&mut t, &mut sets, &msg(b'Q', b"SET work_mem = '1GB'\0"));
-        assert!(t.learn && !t.dirty);
+        assert!(t.effect.settings && !t.effect.reset);
         feed(&mut t, &mut sets, &msg(b'Q', b"DO $$ BEGIN END $$\0"));
-        assert!(t.dirty);
+        assert!(t.effect.reset);
         // A prepared statement's effect counts when it is bound, not parsed.
         let mut t = Tracker::new();
         let parse = msg(b'P', b"s1\0SELECT set_config('a.b', 'c', false)\0\0\0");
         feed(&mut t, &mut sets, &parse);
-        assert!(!t.learn);
+        assert!(!t.effect.settings);
         feed(&mut t, &mut sets, &msg(b'B', b"\0s1\0\0\0\0\0\0\0"));
-        assert!(t.learn);
-        assert_eq!(t.custom, ["a.b"]);
+        assert!(t.effect.settings);
+        assert_eq!(t.effect.custom, ["a.b"]);
     }
 
     #[test]
