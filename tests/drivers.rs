@@ -1,7 +1,7 @@
 //! Real client programs through the proxy, several tenants on a small shared
-//! pool: pgbench in every query mode (zero failed transactions), and psycopg 3,
-//! asyncpg, node-postgres and pgjdbc running the scripts in tests/drivers/, which
-//! assert round-tripped values. `scripts/dev setup` installs those drivers.
+//! pool: pgbench in every query mode (zero failed transactions), and psql 18,
+//! psycopg 3, asyncpg, node-postgres and pgjdbc running the scripts in
+//! tests/drivers/, which assert round-tripped values. `scripts/dev setup` installs those drivers.
 
 mod common;
 
@@ -142,6 +142,20 @@ async fn psycopg3() {
         &python,
         &[script("psycopg_check.py").as_os_str()],
         &[],
+    )
+    .await;
+}
+
+/// psql 18 (`\bind`, `\parse`/`\bind_named`, protocol 3.2, Ctrl-C cancel).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn psql18() {
+    let psql = drivers_dir().join("pg18/bin/psql");
+    assert!(psql.exists(), "psql 18 is missing: run `scripts/dev setup`");
+    run_check(
+        "psql",
+        std::path::Path::new("sh"),
+        &[script("psql_check.sh").as_os_str()],
+        &[("PSQL", psql.as_os_str())],
     )
     .await;
 }

@@ -62,10 +62,10 @@ pub fn parameter_status(buf: &mut BytesMut, name: &str, value: &str) {
     });
 }
 
-pub fn backend_key_data(buf: &mut BytesMut, process_id: i32, secret: i32) {
+pub fn backend_key_data(buf: &mut BytesMut, process_id: i32, secret: &[u8]) {
     message(buf, b'K', |b| {
         b.put_i32(process_id);
-        b.put_i32(secret);
+        b.put_slice(secret);
     });
 }
 
@@ -73,11 +73,11 @@ pub fn ready_for_query(buf: &mut BytesMut, status: TxStatus) {
     message(buf, b'Z', |b| b.put_u8(status.as_byte()));
 }
 
-/// Tells a client asking for a newer 3.x minor, or for `_pq_.` options, that we
-/// speak 3.0 and which options we ignored.
-pub fn negotiate_protocol_version(buf: &mut BytesMut, options: &[String]) {
+/// Tells a client asking for a newer 3.x minor, or for `_pq_.` options, which
+/// minor we speak and which options we ignored.
+pub fn negotiate_protocol_version(buf: &mut BytesMut, minor: u16, options: &[String]) {
     message(buf, b'v', |b| {
-        b.put_i32(super::startup::PROTOCOL_3_0);
+        b.put_i32(super::startup::PROTOCOL_3_0 | i32::from(minor));
         b.put_i32(options.len() as i32);
         for o in options {
             put_cstr(b, o.as_bytes());
@@ -141,7 +141,7 @@ mod tests {
         let mut buf = BytesMut::new();
         authentication_sasl(&mut buf, &["SCRAM-SHA-256"]);
         parameter_status(&mut buf, "server_version", "15.0");
-        backend_key_data(&mut buf, 1, 2);
+        backend_key_data(&mut buf, 1, &2i32.to_be_bytes());
         error_response(
             &mut buf,
             &Fields {

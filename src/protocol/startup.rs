@@ -3,9 +3,11 @@
 
 use super::frame::read_cstr;
 
-/// Protocol 3.0, the only version the proxy speaks; newer 3.x minors are
-/// negotiated down with `NegotiateProtocolVersion`.
+/// Protocol 3.0. The proxy also speaks 3.2 (PostgreSQL 18: longer cancel keys);
+/// newer 3.x minors are negotiated down to 3.2 with `NegotiateProtocolVersion`.
 pub const PROTOCOL_3_0: i32 = 3 << 16;
+/// The newest 3.x minor the proxy speaks.
+pub const NEWEST_MINOR: u16 = 2;
 pub const SSL_REQUEST_CODE: i32 = 80_877_103;
 pub const GSSENC_REQUEST_CODE: i32 = 80_877_104;
 pub const CANCEL_REQUEST_CODE: i32 = 80_877_102;
@@ -17,7 +19,7 @@ pub const MIN_LEN: usize = 8;
 pub enum StartupError {
     #[error("startup packet length {0} is out of range")]
     BadLength(i64),
-    #[error("unsupported frontend protocol {major}.{minor}: server supports 3.0 to 3.0")]
+    #[error("unsupported frontend protocol {major}.{minor}: server supports 3.0 to 3.2")]
     UnsupportedProtocol { major: u16, minor: u16 },
     #[error("invalid startup packet layout: {0}")]
     Malformed(&'static str),
@@ -40,7 +42,7 @@ pub enum Initial {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StartupMessage {
-    /// Requested minor version; anything above 0 is negotiated down.
+    /// Requested minor version; anything above [`NEWEST_MINOR`] is negotiated down.
     pub minor: u16,
     /// Parameters other than `_pq_.` protocol options, in the client's order.
     pub params: Vec<(String, String)>,
@@ -70,7 +72,17 @@ impl StartupMessage {
 
     /// Whether the proxy must answer with `NegotiateProtocolVersion` before anything else.
     pub fn needs_negotiation(&self) -> bool {
-        self.minor > 0 || !self.protocol_options.is_empty()
+        self.minor > NEWEST_MINOR || !self.protocol_options.is_empty()
+    }
+
+    /// The minor version the session speaks.
+    pub fn protocol_minor(&self) -> u16 {
+        self.minor.min(NEWEST_MINOR)
+    }
+
+    /// Length of the cancel key: 4 bytes before 3.2, 32 from 3.2 on (as PostgreSQL 18).
+    pub fn cancel_key_len(&self) -> usize {
+        if self.protocol_minor() >= 2 { 32 } else { 4 }
     }
 }
 
@@ -177,10 +189,20 @@ mod tests {
 
     #[test]
     fn newer_minor_and_protocol_options_need_negotiation() {
-        let body = startup(PROTOCOL_3_0 + 2, &[("user", "u"), ("_pq_.foo", "1")]);
-        let Initial::Startup(m) = parse(&body).unwrap() else {
-            panic!("not a startup")
+        let native = |minor: i32, params: &[(&str, &str)]| {
+            let Initial::Startup(m) = parse(&startup(PROTOCOL_3_0 + minor, params)).unwrap() else {
+                panic!("not a startup")
+            };
+            m
         };
+        let m = native(2, &[("user", "u")]);
+        assert!(!m.needs_negotiation(), "3.2 is spoken natively");
+        assert_eq!(m.cancel_key_len(), 32);
+        let m = native(3, &[("user", "u")]);
+        assert!(m.needs_negotiation());
+        assert_eq!((m.protocol_minor(), m.cancel_key_len()), (2, 32));
+        assert_eq!(native(0, &[("user", "u")]).cancel_key_len(), 4);
+        let m = native(2, &[("user", "u"), ("_pq_.foo", "1")]);
         assert!(m.needs_negotiation());
         assert_eq!(m.protocol_options, vec!["_pq_.foo".to_owned()]);
         assert_eq!(m.database(), "u");

@@ -13,14 +13,23 @@ use tokio::net::TcpStream;
 use crate::protocol::build;
 use crate::server::CancelTarget;
 
+/// The longest secret issued (protocol 3.2 clients get 32 bytes, 3.0 clients 4).
+const MAX_SECRET: usize = 32;
+
 /// One client's cancel key and the server it is attached to, if any.
 pub struct CancelSlot {
     pub process_id: i32,
-    pub secret: i32,
+    secret: [u8; MAX_SECRET],
+    secret_len: usize,
     target: Mutex<Option<CancelTarget>>,
 }
 
 impl CancelSlot {
+    /// The secret half of the key, as sent in `BackendKeyData`.
+    pub fn secret(&self) -> &[u8] {
+        &self.secret[..self.secret_len]
+    }
+
     pub fn attach(&self, target: CancelTarget) {
         *self.target.lock().unwrap_or_else(|p| p.into_inner()) = Some(target);
     }
@@ -41,8 +50,10 @@ pub struct CancelRegistry {
 }
 
 impl CancelRegistry {
-    /// A fresh random key for a new client; dropping the guard unregisters it.
-    pub fn register(self: &Arc<Self>) -> CancelGuard {
+    /// A fresh random key with a `secret_len`-byte secret (at most 32) for a new
+    /// client; dropping the guard unregisters it.
+    pub fn register(self: &Arc<Self>, secret_len: usize) -> CancelGuard {
+        let secret_len = secret_len.min(MAX_SECRET);
         loop {
             let process_id = rand::random::<i32>() & i32::MAX;
             if process_id == 0 {
@@ -51,6 +62,7 @@ impl CancelRegistry {
             let slot = Arc::new(CancelSlot {
                 process_id,
                 secret: rand::random(),
+                secret_len,
                 target: Mutex::new(None),
             });
             if let dashmap::Entry::Vacant(v) = self.slots.entry(process_id) {
@@ -70,7 +82,9 @@ impl CancelRegistry {
         let Some(slot) = self.slots.get(&process_id).map(|s| Arc::clone(&s)) else {
             return false;
         };
-        if !bool::from(secret.ct_eq(&slot.secret.to_be_bytes())) {
+        // `ct_eq` on slices of different lengths is false without comparing bytes;
+        // the length is not secret.
+        if !bool::from(secret.ct_eq(slot.secret())) {
             return false;
         }
         let Some(target) = slot.target() else {
@@ -108,19 +122,38 @@ impl Drop for CancelGuard {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tokio::io::AsyncReadExt;
+    use tokio::net::TcpListener;
 
     #[tokio::test]
-    async fn wrong_secret_or_idle_client_sends_nothing() {
+    async fn only_the_exact_key_of_an_attached_client_is_forwarded() {
+        let server = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let target = CancelTarget {
+            addr: server.local_addr().unwrap(),
+            process_id: 77,
+            secret: 0x0102_0304,
+        };
         let registry = Arc::new(CancelRegistry::default());
-        let guard = registry.register();
-        let pid = guard.slot.process_id;
-        let wrong = guard.slot.secret.wrapping_add(1).to_be_bytes();
-        assert!(!registry.cancel(pid, &wrong).await);
-        assert!(
-            !registry.cancel(pid, &guard.slot.secret.to_be_bytes()).await,
-            "idle client"
-        );
-        drop(guard);
+        for len in [4, 32] {
+            let guard = registry.register(len);
+            let (pid, secret) = (guard.slot.process_id, guard.slot.secret().to_vec());
+            assert_eq!(secret.len(), len);
+            assert!(!registry.cancel(pid, &secret).await, "idle client");
+            guard.slot.attach(target);
+            let mut wrong = secret.clone();
+            wrong[len - 1] ^= 1;
+            assert!(!registry.cancel(pid, &wrong).await, "wrong secret");
+            assert!(!registry.cancel(pid, &secret[..len - 1]).await, "prefix");
+            assert!(!registry.cancel(pid ^ 1, &secret).await, "wrong pid");
+            assert!(registry.cancel(pid, &secret).await);
+            let (mut conn, _) = server.accept().await.unwrap();
+            let mut got = Vec::new();
+            conn.read_to_end(&mut got).await.unwrap();
+            let mut want = BytesMut::new();
+            build::cancel_request(&mut want, 77, 0x0102_0304);
+            assert_eq!(got, want, "the server's own key, not the client's");
+            drop(guard);
+        }
         assert!(registry.slots.is_empty());
     }
 }

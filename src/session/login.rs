@@ -65,11 +65,15 @@ pub async fn login<S: AsyncRead + AsyncWrite + Unpin>(
     buf: &mut BytesMut,
     startup: &StartupMessage,
     deps: &Deps,
-    cancel_key: (i32, i32),
+    cancel_key: (i32, &[u8]),
 ) -> Result<LoggedIn, LoginError> {
     let mut out = BytesMut::new();
     if startup.needs_negotiation() {
-        build::negotiate_protocol_version(&mut out, &startup.protocol_options);
+        build::negotiate_protocol_version(
+            &mut out,
+            startup.protocol_minor(),
+            &startup.protocol_options,
+        );
         stream.write_all(&out).await?;
         out.clear();
     }

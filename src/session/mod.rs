@@ -146,8 +146,8 @@ pub async fn serve<S: AsyncRead + AsyncWrite + Unpin + Send>(
                 return None;
             }
         };
-        let cancel = deps.cancels.register();
-        let key = (cancel.slot.process_id, cancel.slot.secret);
+        let cancel = deps.cancels.register(startup.cancel_key_len());
+        let key = (cancel.slot.process_id, cancel.slot.secret());
         match login::login(&mut stream, &mut buf, &startup, &deps, key).await {
             Ok(client) => Some((client, cancel)),
             Err(LoginError::Refused(e)) => {

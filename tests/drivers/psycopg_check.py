@@ -10,9 +10,9 @@ import psycopg
 PORT, DB, PASSWORD = os.environ["PGT_PORT"], os.environ["PGT_DB"], os.environ["PGT_PASSWORD"]
 
 
-def connect(tenant):
+def connect(tenant, **extra):
     return psycopg.connect(host="127.0.0.1", port=PORT, dbname=DB, user=f"app.{tenant}",
-                           password=PASSWORD, autocommit=True)
+                           password=PASSWORD, autocommit=True, **extra)
 
 
 acme, umbrella = connect("acme"), connect("umbrella")
@@ -53,4 +53,20 @@ except psycopg.errors.QueryCanceled:
     pass
 assert time.monotonic() - started < 5
 assert umbrella.execute("SELECT current_setting('app.current_tenant')").fetchone()[0] == "umbrella"
+
+# Protocol 3.2 (libpq 18, bundled with psycopg-binary): spoken natively, with the
+# 32-byte cancel key; both of libpq's cancel paths must find the query.
+assert psycopg.pq.version() >= 180000, psycopg.pq.version()
+modern = connect("acme", max_protocol_version="3.2")
+assert modern.info.full_protocol_version == 30002, modern.info.full_protocol_version
+for cancel in (modern.cancel, modern.cancel_safe):
+    threading.Thread(target=lambda: (time.sleep(0.5), cancel())).start()
+    started = time.monotonic()
+    try:
+        modern.execute("SELECT pg_sleep(10)")
+        sys.exit(f"pg_sleep was not cancelled by {cancel.__name__} over protocol 3.2")
+    except psycopg.errors.QueryCanceled:
+        pass
+    assert time.monotonic() - started < 5
+assert modern.execute("SELECT current_setting('app.current_tenant')").fetchone()[0] == "acme"
 print("psycopg ok")
