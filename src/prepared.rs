@@ -12,7 +12,8 @@
 
 use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hasher};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 
 use bytes::{BufMut, Bytes, BytesMut};
 use sha2::{Digest, Sha256};
@@ -150,27 +151,94 @@ impl ClientStatements {
     }
 }
 
-/// The statements one server has prepared: digest → (last use, name).
+type DigestMap<V> = HashMap<u128, V, BuildHasherDefault<DigestHasher>>;
+
+/// Statements whose result type changed under a pool's servers (DDL; the
+/// server says `cached plan must not change result type`). Every server's copy
+/// prepared before that is re-prepared at its next use, so the error met on
+/// one server is not met again on the others.
+#[derive(Debug, Default)]
+pub struct Invalidations {
+    /// Bumped at each invalidation; servers note it when they prepare.
+    epoch: AtomicU64,
+    /// Statement → the epoch it was invalidated at.
+    at: Mutex<DigestMap<u64>>,
+}
+
+/// More invalidated statements than this and the oldest records go: a server
+/// still holding such a statement then meets the error once more, and the
+/// proxy re-prepares it then.
+const MAX_INVALIDATIONS: usize = 4096;
+
+impl Invalidations {
+    fn now(&self) -> u64 {
+        self.epoch.load(Ordering::Acquire)
+    }
+
+    pub fn invalidate(&self, id: u128) {
+        let mut at = self.at.lock().unwrap_or_else(|p| p.into_inner());
+        let epoch = self.epoch.fetch_add(1, Ordering::AcqRel) + 1;
+        if at.len() >= MAX_INVALIDATIONS {
+            at.retain(|_, e| *e + (MAX_INVALIDATIONS as u64) / 2 > epoch);
+        }
+        at.insert(id, epoch);
+    }
+
+    /// Whether `id` was invalidated after `prepared_at`. No lock unless some
+    /// statement was invalidated since.
+    fn since(&self, id: u128, prepared_at: u64) -> bool {
+        self.now() > prepared_at
+            && self
+                .at
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .get(&id)
+                .is_some_and(|&e| e > prepared_at)
+    }
+}
+
+/// One statement prepared on a server.
+#[derive(Debug)]
+struct Prepared {
+    last_use: u64,
+    name: Bytes,
+    /// [`Invalidations`] epoch when it was prepared.
+    epoch: u64,
+}
+
+/// The statements one server has prepared, by digest.
 #[derive(Debug, Default)]
 pub struct ServerStatements {
-    prepared: HashMap<u128, (u64, Bytes), BuildHasherDefault<DigestHasher>>,
+    prepared: DigestMap<Prepared>,
     clock: u64,
     /// Prepared on the server but no longer usable (its result type changed):
-    /// to close before the next use of this server.
+    /// to close before the next use of this server, or before preparing again.
     stale: Vec<Bytes>,
+    invalidations: Arc<Invalidations>,
 }
 
 impl ServerStatements {
-    /// Whether the server has `id`; marks it used.
+    /// A server's set, sharing its pool's record of invalidated statements.
+    pub fn new(invalidations: Arc<Invalidations>) -> Self {
+        ServerStatements {
+            invalidations,
+            ..Self::default()
+        }
+    }
+
+    /// Whether the server has `id`, usable; marks it used. A copy invalidated
+    /// since it was prepared is noted stale and reported missing.
     pub fn touch(&mut self, id: u128) -> bool {
         self.clock += 1;
-        match self.prepared.get_mut(&id) {
-            Some((at, _)) => {
-                *at = self.clock;
-                true
-            }
-            None => false,
+        let Some(entry) = self.prepared.get_mut(&id) else {
+            return false;
+        };
+        if self.invalidations.since(id, entry.epoch) {
+            self.mark_stale(id);
+            return false;
         }
+        entry.last_use = self.clock;
+        true
     }
 
     /// Records `statement` as prepared. When that goes over `limit`, the least
@@ -180,12 +248,10 @@ impl ServerStatements {
             let oldest = self
                 .prepared
                 .iter()
-                .min_by_key(|(_, (at, _))| *at)
+                .min_by_key(|(_, p)| p.last_use)
                 .map(|(&id, _)| id)
                 .expect("limit is at least 1");
-            self.prepared
-                .remove(&oldest)
-                .map(|(_, name)| (oldest, name))
+            self.prepared.remove(&oldest).map(|p| (oldest, p.name))
         } else {
             None
         };
@@ -197,17 +263,29 @@ impl ServerStatements {
     /// by an earlier error).
     pub fn restore(&mut self, id: u128, name: Bytes) {
         self.clock += 1;
-        self.prepared.insert(id, (self.clock, name));
+        let entry = Prepared {
+            last_use: self.clock,
+            name,
+            epoch: self.invalidations.now(),
+        };
+        self.prepared.insert(id, entry);
     }
 
     pub fn remove(&mut self, id: u128) {
         self.prepared.remove(&id);
     }
 
+    /// The server said `id`'s result type changed: every server of the pool
+    /// re-prepares it, this one after closing its copy.
+    pub fn invalidate(&mut self, id: u128) {
+        self.invalidations.invalidate(id);
+        self.mark_stale(id);
+    }
+
     /// Forgets `id` and notes its name for closing.
-    pub fn mark_stale(&mut self, id: u128) {
-        if let Some((_, name)) = self.prepared.remove(&id) {
-            self.stale.push(name);
+    fn mark_stale(&mut self, id: u128) {
+        if let Some(p) = self.prepared.remove(&id) {
+            self.stale.push(p.name);
         }
     }
 

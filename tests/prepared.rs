@@ -441,3 +441,152 @@ async fn a_client_gone_mid_transaction_leaves_no_stale_statement_record() {
         );
     }
 }
+
+fn bind_describe_execute(out: &mut BytesMut, statement: &str) {
+    frontend::bind(
+        "",
+        statement,
+        [],
+        [],
+        |_: (), _| Ok(postgres_protocol::IsNull::No),
+        [],
+        out,
+    )
+    .map_err(|_| ())
+    .unwrap();
+    frontend::describe(b'P', "", out).unwrap();
+    frontend::execute("", 0, out).unwrap();
+    frontend::sync(out);
+}
+
+fn query(out: &mut BytesMut, sql: &str) -> BytesMut {
+    out.clear();
+    frontend::query(sql, out).unwrap();
+    out.split()
+}
+
+/// DDL that changes a statement's result type ("cached plan must not change
+/// result type", 0A000): outside a transaction block the proxy prepares the
+/// statement again and runs it once more, and every other server of the pool
+/// prepares it afresh at its next use; a server that meets it inside a
+/// transaction block first gives the client PostgreSQL's error.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_changed_result_type_is_prepared_again_outside_transactions() {
+    let db = pg().database("prep_ddl");
+    let su = pg().superuser(&db).await;
+    su.batch_execute(
+        "CREATE TABLE shapes (a int); INSERT INTO shapes VALUES (1);
+         GRANT SELECT ON shapes TO PUBLIC",
+    )
+    .await
+    .unwrap();
+    let yaml = config(
+        &db,
+        "\n  shared: { pool_size: 2, max_tenant_share: 2 }",
+        &tenants("shared", "shared", "shared", "shared"),
+    );
+    let proxy = start(&yaml).await;
+    let mut holder = raw_login(proxy.port, "app.acme", APP_PASSWORD, &db).await;
+    let mut other = raw_login(proxy.port, "app.acme", APP_PASSWORD, &db).await;
+    let mut out = BytesMut::new();
+    let prepare_and_run = |out: &mut BytesMut| {
+        out.clear();
+        frontend::parse("s", "SELECT * FROM shapes", [], out).unwrap();
+        bind_describe_execute(out, "s");
+        out.split()
+    };
+    // The holder keeps one server in a transaction, so the other client
+    // prepares the statement on the second one.
+    assert_eq!(
+        exchange(&mut holder, &query(&mut out, "BEGIN"), 1).await,
+        ["CBEGIN", "ZT"]
+    );
+    let first = ["1", "2", "T", "D1", "CSELECT 1"];
+    assert_eq!(
+        exchange(&mut holder, &prepare_and_run(&mut out), 1).await,
+        [&first[..], &["ZT"]].concat()
+    );
+    assert_eq!(
+        exchange(&mut other, &prepare_and_run(&mut out), 1).await,
+        [&first[..], &["ZI"]].concat()
+    );
+    assert_eq!(
+        exchange(&mut holder, &query(&mut out, "COMMIT"), 1).await,
+        ["CCOMMIT", "ZI"]
+    );
+
+    su.batch_execute("ALTER TABLE shapes ALTER COLUMN a TYPE text USING 'changed'")
+        .await
+        .unwrap();
+    assert_eq!(
+        exchange(&mut holder, &query(&mut out, "BEGIN"), 1).await,
+        ["CBEGIN", "ZT"]
+    );
+    out.clear();
+    bind_describe_execute(&mut out, "s");
+    let run = out.split();
+    // Outside a transaction: the server's error is met, and the client sees
+    // only the new rows.
+    assert_eq!(
+        exchange(&mut other, &run, 1).await,
+        ["2", "T", "Dchanged", "CSELECT 1", "ZI"]
+    );
+    // Inside one, on the other server: prepared afresh before the error is met.
+    assert_eq!(
+        exchange(&mut holder, &run, 1).await,
+        ["2", "T", "Dchanged", "CSELECT 1", "ZT"]
+    );
+    assert_eq!(
+        exchange(&mut holder, &query(&mut out, "COMMIT"), 1).await,
+        ["CCOMMIT", "ZI"]
+    );
+
+    // A change first met inside a transaction block fails it, as on PostgreSQL;
+    // the statement works again after it.
+    su.batch_execute("ALTER TABLE shapes ADD COLUMN b int")
+        .await
+        .unwrap();
+    assert_eq!(
+        exchange(&mut holder, &query(&mut out, "BEGIN"), 1).await,
+        ["CBEGIN", "ZT"]
+    );
+    assert_eq!(exchange(&mut holder, &run, 1).await, ["E0A000", "ZE"]);
+    assert_eq!(
+        exchange(&mut holder, &query(&mut out, "ROLLBACK"), 1).await,
+        ["CROLLBACK", "ZI"]
+    );
+    for client in [&mut holder, &mut other] {
+        assert_eq!(
+            exchange(client, &run, 1).await,
+            ["2", "T", "Dchanged", "CSELECT 1", "ZI"]
+        );
+    }
+}
+
+/// tokio-postgres decodes rows by the description it got at prepare time, so
+/// running its statement again would hand it rows it misreads: it gets
+/// PostgreSQL's error instead, and preparing again gives the new shape.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_cached_the_row_shape_gets_the_error_and_can_prepare_again() {
+    let db = pg().database("prep_ddl_tp");
+    let su = pg().superuser(&db).await;
+    su.batch_execute(
+        "CREATE TABLE shapes (a int, b text); INSERT INTO shapes VALUES (1, 'one');
+         GRANT SELECT ON shapes TO PUBLIC",
+    )
+    .await
+    .unwrap();
+    let proxy = start(&one_server_config(&db, "")).await;
+    let client = proxy.connect("acme", &db).await;
+    let statement = client.prepare("SELECT * FROM shapes").await.unwrap();
+    let row = client.query_one(&statement, &[]).await.unwrap();
+    assert_eq!((row.get::<_, i32>(0), row.get::<_, &str>(1)), (1, "one"));
+    su.batch_execute("ALTER TABLE shapes ADD COLUMN c int DEFAULT 3")
+        .await
+        .unwrap();
+    let err = client.query_one(&statement, &[]).await.unwrap_err();
+    assert_eq!(code(&err), "0A000");
+    let statement = client.prepare("SELECT * FROM shapes").await.unwrap();
+    let row = client.query_one(&statement, &[]).await.unwrap();
+    assert_eq!((row.get::<_, &str>(1), row.get::<_, i32>(2)), ("one", 3));
+}

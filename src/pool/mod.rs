@@ -18,6 +18,7 @@ use std::time::Instant;
 use tokio::sync::oneshot;
 
 use crate::config::Cluster;
+use crate::prepared::{Invalidations, ServerStatements};
 use crate::server::{self, Server, ServerError};
 use queue::{FairQueue, Waiter};
 pub use registry::{PoolKey, Pools};
@@ -44,6 +45,8 @@ pub struct Pool {
     pub settings: PoolSettings,
     pub cluster: Arc<Cluster>,
     inner: Mutex<Inner>,
+    /// Statements whose result type changed, shared by this pool's servers.
+    invalidations: Arc<Invalidations>,
 }
 
 #[derive(Default)]
@@ -96,7 +99,16 @@ impl Pool {
             settings,
             cluster,
             inner: Mutex::new(Inner::default()),
+            invalidations: Arc::default(),
         })
+    }
+
+    /// A new server for this pool.
+    async fn connect(&self) -> Result<Server, ServerError> {
+        let mut server = server::connect(&self.cluster).await?;
+        server.statements = ServerStatements::new(Arc::clone(&self.invalidations));
+        self.lock().params = Some(Arc::clone(&server.params));
+        Ok(server)
     }
 
     fn lock(&self) -> MutexGuard<'_, Inner> {
@@ -141,9 +153,7 @@ impl Pool {
             // or we connect anew.
             lease.server = self.lock().idle.pop();
         }
-        let server = server::connect(&self.cluster).await?;
-        self.lock().params = Some(Arc::clone(&server.params));
-        lease.server = Some(server);
+        lease.server = Some(self.connect().await?);
         Ok(lease)
     }
 
@@ -230,9 +240,8 @@ impl Pool {
             self.dispatch(&mut inner);
         }
         while let Some(mut lease) = self.reserve_for_minimum() {
-            match server::connect(&self.cluster).await {
+            match self.connect().await {
                 Ok(server) => {
-                    self.lock().params = Some(Arc::clone(&server.params));
                     lease.server = Some(server);
                     lease.release();
                 }

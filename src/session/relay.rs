@@ -373,6 +373,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Relay<S> {
         t: &mut Tracker,
         server: &mut Server,
     ) -> Result<bool, RelayError> {
+        if t.holding() {
+            // A segment is being run again: what follows must come after it.
+            return Ok(false);
+        }
         let mut st = statements!(self, server);
         let (n, terminated) =
             t.client_messages(&self.cbuf, self.max_message, &mut st, &mut self.out)?;
@@ -417,7 +421,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Relay<S> {
                     if read.map_err(RelayError::ServerLost)? == 0 {
                         return Err(RelayError::ServerLost(std::io::ErrorKind::UnexpectedEof.into()));
                     }
+                    let holding = t.holding();
                     self.forward_server(t, server).await?;
+                    if holding && !t.holding() && self.forward_client(t, server).await? {
+                        return Err(RelayError::ClientGone);
+                    }
                 }
             }
         }
@@ -474,6 +482,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Relay<S> {
                 .map_err(client_io)?;
         }
         self.sbuf.advance(consumed);
+        if let Some(again) = t.resend() {
+            server
+                .stream
+                .write_all(&again)
+                .await
+                .map_err(RelayError::ServerLost)?;
+        }
         Ok(())
     }
 }

@@ -114,6 +114,34 @@ pub struct Tracker {
     /// The server is in COPY IN and the client has not ended it yet: its
     /// `Sync`s are ignored by the server, so they get no entry.
     copy_in: bool,
+    /// The segment being written may be run again (see [`Retry`]).
+    draft: Option<Retry>,
+    /// The first `Sync` owed ends a segment that may be run again.
+    armed: Option<Retry>,
+    /// The armed segment failed and is being run again: the client's next
+    /// messages wait until it is rewritten.
+    retrying: bool,
+    /// Messages for the server that the proxy wrote while reading its replies.
+    resend: BytesMut,
+}
+
+/// A pipeline segment (up to `Sync`) that begins by binding a named statement,
+/// outside any transaction block, and describes the portal. If the server says
+/// the statement's result type changed (DDL: `cached plan must not change
+/// result type`), nothing in the segment ran: the proxy prepares the statement
+/// again and runs the segment once more, and the client never sees the error.
+/// Only when the client describes the portal (libpq, psycopg, pgbench,
+/// node-postgres do each time) does it read the new row shape; a client that
+/// decodes by the description it cached at prepare time (tokio-postgres,
+/// pgjdbc) would misread the rows, so it gets the error, as from PostgreSQL.
+#[derive(Debug)]
+struct Retry {
+    statement: Arc<Statement>,
+    /// Where the translated `Bind` starts in the bytes for the server.
+    start: usize,
+    described: bool,
+    /// The segment as written, from the `Bind` to the `Sync`.
+    replay: Bytes,
 }
 
 impl Tracker {
@@ -128,7 +156,21 @@ impl Tracker {
             unnamed_ready: false,
             context_error: None,
             copy_in: false,
+            draft: None,
+            armed: None,
+            retrying: false,
+            resend: BytesMut::new(),
         }
+    }
+
+    /// A failed segment is being run again: client messages must wait.
+    pub fn holding(&self) -> bool {
+        self.retrying
+    }
+
+    /// What the proxy must write to the server now, if anything.
+    pub fn resend(&mut self) -> Option<BytesMut> {
+        (!self.resend.is_empty()).then(|| self.resend.split())
     }
 
     pub fn at_boundary(&self) -> bool {
@@ -171,6 +213,15 @@ impl Tracker {
         for frame in &mut frames {
             let frame = frame?;
             let body = frame.body(buf);
+            // Only Describe (portal), Execute and Flush may follow the Bind of
+            // a segment that can be run again: they are written as they came.
+            if let Some(retry) = &mut self.draft {
+                match (frame.tag, body.first()) {
+                    (b'D', Some(b'P')) => retry.described = true,
+                    (b'E' | b'H' | b'S', _) => {}
+                    _ => self.draft = None,
+                }
+            }
             if self.skipping && !matches!(frame.tag, b'S' | b'X') {
                 // The server ignores these until Sync: forward them as they are.
                 continue;
@@ -192,6 +243,11 @@ impl Tracker {
                 b'F' => self.replies.push_back(Reply::Query),
                 b'S' if self.copy_in => {}
                 b'S' => {
+                    if let Some(mut retry) = self.draft.take().filter(|r| r.described) {
+                        w.finish(frame.end);
+                        retry.replay = Bytes::copy_from_slice(&w.out[retry.start..]);
+                        self.armed = Some(retry);
+                    }
                     self.replies.push_back(Reply::Sync);
                     self.unsynced = false;
                     self.skipping = false;
@@ -222,6 +278,8 @@ impl Tracker {
         }
         let n = frames.consumed();
         w.finish(n);
+        // A segment split across reads is not run again: its start is gone.
+        self.draft = None;
         Ok((n, false))
     }
 
@@ -302,6 +360,14 @@ impl Tracker {
             return Ok(());
         };
         self.effect.merge(&statement.effect);
+        if self.may_run_again() {
+            self.draft = Some(Retry {
+                statement: Arc::clone(&statement),
+                start: w.out.len(),
+                described: false,
+                replay: Bytes::new(),
+            });
+        }
         let out = &mut *w.out;
         out.put_u8(b'B');
         out.put_i32((4 + portal.len() + 1 + statement.name.len() + 1 + after.len()) as i32);
@@ -312,6 +378,28 @@ impl Tracker {
         out.put_slice(after);
         self.replies.push_back(Reply::Bind(Some(statement.id)));
         Ok(())
+    }
+
+    /// Whether a segment starting here could be run again: outside any
+    /// transaction, with nothing owed that runs SQL or ends a segment.
+    fn may_run_again(&self) -> bool {
+        self.status == TxStatus::Idle
+            && self.draft.is_none()
+            && self.armed.is_none()
+            && !self.skipping
+            && !self.copy_in
+            && self.replies.iter().all(|r| {
+                matches!(
+                    r,
+                    Reply::Own
+                        | Reply::Parse(_)
+                        | Reply::OwnParse(_)
+                        | Reply::OwnClose(..)
+                        | Reply::Describe(_)
+                        | Reply::Close
+                        | Reply::Fake(..)
+                )
+            })
     }
 
     fn describe(
@@ -458,11 +546,28 @@ impl Tracker {
         w: &mut Splicer<'_>,
         reply: Reply,
     ) {
+        self.write_prepare(statement, st, w.out, reply);
+    }
+
+    /// Writes `statement`'s `Parse` to `out`, after closing stale statements
+    /// (which may carry the same name) and the least recently used one when
+    /// the server is full.
+    fn write_prepare(
+        &mut self,
+        statement: &Statement,
+        st: &mut Statements<'_>,
+        out: &mut BytesMut,
+        reply: Reply,
+    ) {
+        for name in st.server.take_stale() {
+            prepared::close_message(out, &name);
+            self.replies.push_back(Reply::OwnClose(None, name));
+        }
         if let Some((id, name)) = st.server.insert(statement, st.server_limit) {
-            prepared::close_message(w.out, &name);
+            prepared::close_message(out, &name);
             self.replies.push_back(Reply::OwnClose(Some(id), name));
         }
-        w.out.extend_from_slice(&statement.parse);
+        out.extend_from_slice(&statement.parse);
         self.replies.push_back(reply);
     }
 
@@ -545,12 +650,20 @@ impl Tracker {
                 Action::Replace(shown.clone())
             }
             (Reply::Query | Reply::FailQuery(_) | Reply::Answered(_) | Reply::Sync, b'Z') => {
+                let sync = matches!(front, Reply::Sync);
                 self.replies.pop_front();
                 self.status = body
                     .first()
                     .copied()
                     .and_then(TxStatus::from_byte)
                     .ok_or_else(|| unexpected(tag))?;
+                if sync
+                    && let Some(retry) = self.armed.take()
+                    && self.retrying
+                {
+                    self.run_again(retry, st);
+                    return Ok(Action::Swallow);
+                }
                 Action::Forward
             }
             (Reply::Query | Reply::FailQuery(_) | Reply::Answered(_), _)
@@ -564,9 +677,18 @@ impl Tracker {
                         if error_code(body) == Some(b"0A000".as_slice()) =>
                     {
                         // "cached plan must not change result type": prepare it
-                        // afresh next time.
-                        st.server.mark_stale(id);
-                        Action::Forward
+                        // afresh, on every server, and run the segment again if
+                        // it is the armed one and nothing follows it.
+                        st.server.invalidate(id);
+                        self.skip_to_sync(st);
+                        let again = self.armed.as_ref().is_some_and(|r| r.statement.id == id)
+                            && self.replies.len() == 1;
+                        if again {
+                            self.retrying = true;
+                            return Ok(Action::Swallow);
+                        }
+                        self.armed = None;
+                        return Ok(Action::Forward);
                     }
                     other => {
                         self.undo(other, st);
@@ -612,6 +734,29 @@ impl Tracker {
             }
         }
         self.copy_in = true;
+    }
+
+    /// Runs an armed segment again (see [`Retry`]) after its statement's
+    /// result type changed: a `Close` of the old copy, a fresh `Parse`, then
+    /// the segment as the client sent it.
+    fn run_again(&mut self, retry: Retry, st: &mut Statements<'_>) {
+        self.retrying = false;
+        let mut out = std::mem::take(&mut self.resend);
+        let statement = retry.statement;
+        let reply = Reply::OwnParse(Some(Arc::clone(&statement)));
+        self.write_prepare(&statement, st, &mut out, reply);
+        out.extend_from_slice(&retry.replay);
+        for frame in Frames::new(&retry.replay, usize::MAX).flatten() {
+            self.replies.push_back(match frame.tag {
+                // Bound once more: a second failure goes to the client.
+                b'B' => Reply::Bind(Some(statement.id)),
+                b'D' => Reply::Describe(None),
+                b'E' => Reply::Execute,
+                b'S' => Reply::Sync,
+                _ => continue,
+            });
+        }
+        self.resend = out;
     }
 
     /// The server skips everything up to the next `Sync` after an error.
