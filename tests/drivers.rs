@@ -146,6 +146,67 @@ async fn psycopg3() {
     .await;
 }
 
+/// sqlx: its connection pool and statement cache (every query is a named
+/// prepared statement), binds, a transaction rolled back, two tenants on the
+/// proxy's shared servers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlx() {
+    use sqlx::Row;
+    let db = pg().database("drivers_sqlx");
+    let proxy = start(&shared_pool(&db)).await;
+    let pools: Vec<(&str, sqlx::PgPool)> =
+        futures_util::future::join_all(["acme", "umbrella"].map(|tenant| {
+            let url = format!(
+                "postgres://app.{tenant}:{APP_PASSWORD}@127.0.0.1:{}/{db}",
+                proxy.port
+            );
+            async move {
+                let pool = sqlx::postgres::PgPoolOptions::new()
+                    .max_connections(3)
+                    .connect(&url)
+                    .await
+                    .unwrap();
+                (tenant, pool)
+            }
+        }))
+        .await;
+    for round in 0..20 {
+        for (tenant, pool) in &pools {
+            let row = sqlx::query(
+                "SELECT current_setting('app.current_tenant') AS t, count(*) AS n, $1::int AS round
+                 FROM products WHERE tenant_id = $2",
+            )
+            .bind(round)
+            .bind(*tenant)
+            .fetch_one(pool)
+            .await
+            .unwrap();
+            assert_eq!(row.get::<String, _>("t"), *tenant);
+            assert_eq!(row.get::<i64, _>("n"), 2);
+            assert_eq!(row.get::<i32, _>("round"), round);
+        }
+    }
+    let (_, acme) = &pools[0];
+    let mut tx = acme.begin().await.unwrap();
+    sqlx::query("INSERT INTO products (name, price) VALUES ($1, $2)")
+        .bind("sqlx widget")
+        .bind(5)
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    let n: i64 = sqlx::query_scalar("SELECT count(*) FROM products")
+        .fetch_one(&mut *tx)
+        .await
+        .unwrap();
+    assert_eq!(n, 3);
+    tx.rollback().await.unwrap();
+    let n: i64 = sqlx::query_scalar("SELECT count(*) FROM products")
+        .fetch_one(acme)
+        .await
+        .unwrap();
+    assert_eq!(n, 2, "the rolled-back row is gone");
+}
+
 /// psql 18 (`\bind`, `\parse`/`\bind_named`, protocol 3.2, Ctrl-C cancel).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn psql18() {

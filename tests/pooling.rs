@@ -7,7 +7,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use common::{TIERS, code, config, one, pg, server_connections, start, start_tier, tenants};
+use common::{
+    APP_PASSWORD, TIERS, code, config, one, pg, server_connections, start, start_tier, tenants,
+};
 
 /// All four tenants share one pool of one server: every statement must still
 /// see only its tenant's rows, its own setting, and (for the schema tenant) its
@@ -569,4 +571,46 @@ async fn session_mode_keeps_one_server_and_resets_it_after() {
         one(&umbrella, "SELECT current_setting('app.current_tenant')").await,
         "umbrella"
     );
+}
+
+/// `pool_mode` per user, over the tenant's and the tier's: a tenant's own user
+/// and a shared user run in session mode while `app.<tenant>` of the same
+/// tenants stays in transaction mode.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pool_mode_per_user_overrides_tenant_and_tier() {
+    let db = pg().database("user_pool_mode");
+    let verifier = postgres_protocol::password::scram_sha_256(APP_PASSWORD.as_bytes());
+    let tenants = tenants("one", "one", "one", "one").replace(
+        "acme:     { tier: one, cluster: main }",
+        &format!(
+            "acme:     {{ tier: one, cluster: main, users: {{ acme_worker: {{ password: \"{verifier}\", pool_mode: session }} }} }}"
+        ),
+    );
+    let yaml = config(&db, "\n  one: { pool_size: 3 }", &tenants).replace(
+        "    app: {",
+        &format!("    worker: {{ password: \"{verifier}\", pool_mode: session }}\n    app: {{"),
+    );
+    let proxy = start(&yaml).await;
+    for (user, tenant) in [("acme_worker", "acme"), ("worker.umbrella", "umbrella")] {
+        let client = proxy.try_connect(user, APP_PASSWORD, &db).await.unwrap();
+        client
+            .batch_execute("CREATE TEMP TABLE scratch (x int); INSERT INTO scratch VALUES (1)")
+            .await
+            .unwrap();
+        assert_eq!(
+            one(&client, "SELECT count(*) FROM scratch").await,
+            "1",
+            "{user}"
+        );
+        assert_eq!(
+            one(&client, "SELECT current_setting('app.current_tenant')").await,
+            tenant
+        );
+    }
+    let app = proxy.connect("acme", &db).await;
+    let err = app
+        .batch_execute("CREATE TEMP TABLE t (x int)")
+        .await
+        .unwrap_err();
+    assert_eq!(code(&err), "0A000", "app.acme stays in transaction mode");
 }

@@ -72,7 +72,7 @@ pub struct Config {
     pub tenant_setting: String,
     /// Separator in `<shared user><sep><tenant>` login names; `None` disables it.
     pub separator: Option<String>,
-    pub shared_users: HashMap<String, Secret>,
+    pub shared_users: HashMap<String, SharedUser>,
     pub require_rls_enforced: bool,
     pub clusters: BTreeMap<String, Arc<Cluster>>,
     pub tiers: BTreeMap<String, Arc<Tier>>,
@@ -148,6 +148,14 @@ pub struct Tenant {
 pub struct TenantUser {
     pub tenant: String,
     pub secret: Secret,
+    pub pool_mode: Option<PoolMode>,
+}
+
+/// An application user shared by all tenants (`app` in `app.acme`).
+#[derive(Debug, Clone)]
+pub struct SharedUser {
+    pub secret: Secret,
+    pub pool_mode: Option<PoolMode>,
 }
 
 /// Reads and validates a config file, expanding `${VAR}` from the process environment.

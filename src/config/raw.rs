@@ -102,6 +102,9 @@ pub struct RawResolution {
 pub struct RawUser {
     /// A SCRAM-SHA-256 verifier or an md5 hash, never clear text.
     pub password: Spanned<String>,
+    /// Overrides the tenant's and the tier's `pool_mode` for this user.
+    #[serde(default)]
+    pub pool_mode: Option<PoolMode>,
 }
 
 #[derive(Debug, Deserialize)]

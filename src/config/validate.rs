@@ -7,7 +7,10 @@ use serde_saphyr::{Location, Spanned};
 
 use super::raw::{RawCluster, RawConfig, RawTenant, RawTier, Status};
 use super::values::{is_identifier, is_setting_name, is_tenant_id};
-use super::{Cluster, Config, ConfigError, ConfigErrors, Limits, Secret, Tenant, TenantUser, Tier};
+use super::{
+    Cluster, Config, ConfigError, ConfigErrors, Limits, Secret, SharedUser, Tenant, TenantUser,
+    Tier,
+};
 
 struct Errors(Vec<ConfigError>);
 
@@ -71,7 +74,8 @@ pub(super) fn validate(
     for (name, user) in &raw.resolution.shared_users {
         let path = format!("resolution.shared_users.{name}");
         if let Some(secret) = secret(&mut errs, &path, &user.password) {
-            shared_users.insert(name.value.clone(), secret);
+            let pool_mode = user.pool_mode;
+            shared_users.insert(name.value.clone(), SharedUser { secret, pool_mode });
         }
     }
     if !raw.resolution.shared_users.is_empty() && separator.is_none() {
@@ -126,6 +130,7 @@ pub(super) fn validate(
                     TenantUser {
                         tenant: id.value.clone(),
                         secret,
+                        pool_mode: user.pool_mode,
                     },
                 );
             }

@@ -147,7 +147,11 @@ pub async fn login<S: AsyncRead + AsyncWrite + Unpin>(
     Ok(LoggedIn {
         settings,
         tenant_setting: Arc::from(config.tenant_setting.as_str()),
-        session_mode: tenant.pool_mode.unwrap_or(tier.pool_mode) == PoolMode::Session,
+        session_mode: credential
+            .pool_mode
+            .or(tenant.pool_mode)
+            .unwrap_or(tier.pool_mode)
+            == PoolMode::Session,
         tenant_key,
         pool,
         context,

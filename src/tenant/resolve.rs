@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use crate::config::{Config, Secret, Tenant};
+use crate::config::{Config, PoolMode, Secret, Tenant};
 use crate::error::ClientError;
 
 /// What a login name claims: the secret to check and the tenant it names.
@@ -11,6 +11,8 @@ use crate::error::ClientError;
 pub struct Credential<'c> {
     pub secret: &'c Secret,
     pub tenant_id: String,
+    /// The user's own `pool_mode`, over the tenant's and the tier's.
+    pub pool_mode: Option<PoolMode>,
 }
 
 /// Looks a login name up: (a) a user declared under a tenant, or (b) a shared
@@ -21,14 +23,16 @@ pub fn credential<'c>(config: &'c Config, login: &str) -> Option<Credential<'c>>
         return Some(Credential {
             secret: &user.secret,
             tenant_id: user.tenant.clone(),
+            pool_mode: user.pool_mode,
         });
     }
     let sep = config.separator.as_deref()?;
     let (shared, tenant) = login.rsplit_once(sep)?;
-    let secret = config.shared_users.get(shared)?;
+    let user = config.shared_users.get(shared)?;
     Some(Credential {
-        secret,
+        secret: &user.secret,
         tenant_id: tenant.to_owned(),
+        pool_mode: user.pool_mode,
     })
 }
 
