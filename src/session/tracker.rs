@@ -123,6 +123,8 @@ pub struct Tracker {
     retrying: bool,
     /// Messages for the server that the proxy wrote while reading its replies.
     resend: BytesMut,
+    /// The armed segment as written, from the `Bind` to the `Sync` (reused).
+    replay: BytesMut,
 }
 
 /// A pipeline segment (up to `Sync`) that begins by binding a named statement,
@@ -140,8 +142,6 @@ struct Retry {
     /// Where the translated `Bind` starts in the bytes for the server.
     start: usize,
     described: bool,
-    /// The segment as written, from the `Bind` to the `Sync`.
-    replay: Bytes,
 }
 
 impl Tracker {
@@ -160,6 +160,7 @@ impl Tracker {
             armed: None,
             retrying: false,
             resend: BytesMut::new(),
+            replay: BytesMut::new(),
         }
     }
 
@@ -243,9 +244,10 @@ impl Tracker {
                 b'F' => self.replies.push_back(Reply::Query),
                 b'S' if self.copy_in => {}
                 b'S' => {
-                    if let Some(mut retry) = self.draft.take().filter(|r| r.described) {
+                    if let Some(retry) = self.draft.take().filter(|r| r.described) {
                         w.finish(frame.end);
-                        retry.replay = Bytes::copy_from_slice(&w.out[retry.start..]);
+                        self.replay.clear();
+                        self.replay.extend_from_slice(&w.out[retry.start..]);
                         self.armed = Some(retry);
                     }
                     self.replies.push_back(Reply::Sync);
@@ -365,7 +367,6 @@ impl Tracker {
                 statement: Arc::clone(&statement),
                 start: w.out.len(),
                 described: false,
-                replay: Bytes::new(),
             });
         }
         let out = &mut *w.out;
@@ -745,8 +746,8 @@ impl Tracker {
         let statement = retry.statement;
         let reply = Reply::OwnParse(Some(Arc::clone(&statement)));
         self.write_prepare(&statement, st, &mut out, reply);
-        out.extend_from_slice(&retry.replay);
-        for frame in Frames::new(&retry.replay, usize::MAX).flatten() {
+        out.extend_from_slice(&self.replay);
+        for frame in Frames::new(&self.replay, usize::MAX).flatten() {
             self.replies.push_back(match frame.tag {
                 // Bound once more: a second failure goes to the client.
                 b'B' => Reply::Bind(Some(statement.id)),
