@@ -228,6 +228,38 @@ impl ClientError {
         .with_hint("Set a lower, non-zero statement_timeout, or ask for a tier with a higher cap.")
     }
 
+    /// The escape guard: a statement would change a setting the proxy owns.
+    pub fn protected_setting(name: &str) -> ClientError {
+        Self::new(
+            Severity::Error,
+            "42501",
+            format!("permission denied to change \"{}\": pgtenant sets it for your tenant", name.to_ascii_lowercase()),
+        )
+        .with_hint("The tenant setting, search_path and role come from the credentials you logged in with; log in as the tenant you need.")
+    }
+
+    /// The escape guard: a statement would wipe the tenant context, or change
+    /// settings in a way the proxy cannot check.
+    pub fn context_wipe(what: &str) -> ClientError {
+        Self::new(
+            Severity::Error,
+            "42501",
+            format!("permission denied for {what}: it could change the tenant context pgtenant sets"),
+        )
+        .with_hint("Set or reset other settings by name (SET x = ...; RESET x), or send DISCARD ALL on its own.")
+    }
+
+    /// The escape guard: code it cannot read through (a `DO` block or a
+    /// function body) that might change the tenant context.
+    pub fn opaque_code(what: &str) -> ClientError {
+        Self::new(
+            Severity::Error,
+            "42501",
+            format!("permission denied for a DO block or function that uses {what}: pgtenant cannot check what it would change"),
+        )
+        .with_hint("Create such functions as the database owner on a direct connection, and call them through pgtenant.")
+    }
+
     /// A setting in the startup packet (a parameter or `options=-c …`) that the
     /// proxy cannot accept.
     pub fn bad_startup_setting(name: &str, why: &str) -> ClientError {

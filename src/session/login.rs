@@ -123,11 +123,11 @@ pub async fn login<S: AsyncRead + AsyncWrite + Unpin>(
     let tenant_key: Arc<str> = Arc::from(tenant.id.as_str());
     let params = server_params(&pool, &tenant_key, tier.queue_timeout).await?;
     let policy = Policy {
+        tenant_setting: Arc::from(config.tenant_setting.as_str()),
         statement_timeout: tier.statement_timeout,
         session: false,
     };
-    let settings =
-        settings::from_startup(&startup.params, &params, &config.tenant_setting, policy)?;
+    let settings = settings::from_startup(&startup.params, &params, &policy)?;
 
     build::authentication_ok(&mut out);
     for (name, value) in params.iter() {

@@ -61,7 +61,7 @@ macro_rules! statements {
             namespace: &$relay.session.context.namespace,
             server_limit: $relay.server_statements,
             client_limit: $relay.client_statements,
-            policy: $relay.policy,
+            policy: &$relay.policy,
         }
     };
 }
@@ -102,6 +102,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Relay<S> {
         limits: &Limits,
     ) -> Self {
         let policy = Policy {
+            tenant_setting: Arc::clone(&session.tenant_setting),
             statement_timeout: session.tier.statement_timeout,
             session: session.session_mode,
         };

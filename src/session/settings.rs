@@ -13,7 +13,7 @@ use postgres_protocol::escape::escape_literal;
 
 use crate::config::values::is_setting_name;
 use crate::error::ClientError;
-use crate::tenant::guard::{Policy, parse_timeout};
+use crate::tenant::guard::{Policy, parse_timeout, protected};
 
 /// Setting name (lower case) → value, as `current_setting` shows it.
 pub type Settings = BTreeMap<String, String>;
@@ -24,19 +24,12 @@ pub const MAX_CUSTOM: usize = 64;
 /// Startup parameters that are not settings.
 const NOT_SETTINGS: &[&str] = &["user", "database", "options", "replication"];
 
-/// Settings the proxy owns: a client can neither bring nor carry them.
-fn protected(name: &str, tenant_setting: &str) -> bool {
-    matches!(name, "search_path" | "role" | "session_authorization")
-        || name.eq_ignore_ascii_case(tenant_setting)
-}
-
 /// The settings a client asks for in its startup packet, minus those equal to
 /// what the server reports anyway (`baseline`).
 pub fn from_startup(
     params: &[(String, String)],
     baseline: &[(String, String)],
-    tenant_setting: &str,
-    policy: Policy,
+    policy: &Policy,
 ) -> Result<Settings, ClientError> {
     let mut wanted: Vec<(String, String)> = Vec::new();
     for (name, value) in params {
@@ -57,7 +50,7 @@ pub fn from_startup(
                 "is not a setting name",
             ));
         }
-        if protected(&name, tenant_setting) {
+        if protected(&name, &policy.tenant_setting) {
             return Err(ClientError::bad_startup_setting(
                 &name,
                 "is set by the proxy for your tenant",
@@ -189,10 +182,13 @@ mod tests {
     use super::*;
     use std::time::Duration;
 
-    const POLICY: Policy = Policy {
-        statement_timeout: Some(Duration::from_secs(5)),
-        session: false,
-    };
+    fn policy() -> Policy {
+        Policy {
+            tenant_setting: std::sync::Arc::from("app.current_tenant"),
+            statement_timeout: Some(Duration::from_secs(5)),
+            session: false,
+        }
+    }
 
     fn pairs(list: &[(&str, &str)]) -> Vec<(String, String)> {
         list.iter()
@@ -214,7 +210,7 @@ mod tests {
                 "-c statement_timeout=2s --work-mem=64MB -capp.flag=on",
             ),
         ]);
-        let s = from_startup(&params, &baseline, "app.current_tenant", POLICY).unwrap();
+        let s = from_startup(&params, &baseline, &policy()).unwrap();
         let expected: Settings = pairs(&[
             ("application_name", "billing"),
             ("datestyle", "ISO, DMY"),
@@ -235,7 +231,7 @@ mod tests {
         ] {
             let params = pairs(&[("options", options)]);
             assert!(
-                from_startup(&params, &baseline, "app.current_tenant", POLICY).is_err(),
+                from_startup(&params, &baseline, &policy()).is_err(),
                 "{options}"
             );
         }

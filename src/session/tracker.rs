@@ -91,7 +91,7 @@ pub struct Statements<'a> {
     pub namespace: &'a [u8],
     pub server_limit: usize,
     pub client_limit: usize,
-    pub policy: Policy,
+    pub policy: &'a Policy,
 }
 
 #[derive(Debug)]
@@ -836,7 +836,7 @@ enum Judged {
 
 /// What a client statement does to session state, or why it is refused. The
 /// parser runs only on what the cheap scan flags.
-fn judge(sql: &[u8], policy: Policy) -> Result<Judged, ClientError> {
+fn judge(sql: &[u8], policy: &Policy) -> Result<Judged, ClientError> {
     if !scan::may_change_session(sql) {
         return Ok(Judged::Run(Effect::default()));
     }
@@ -912,6 +912,7 @@ mod tests {
     struct Sets {
         client: ClientStatements,
         server: ServerStatements,
+        policy: Policy,
     }
 
     impl Sets {
@@ -919,6 +920,11 @@ mod tests {
             Sets {
                 client: ClientStatements::default(),
                 server: ServerStatements::default(),
+                policy: Policy {
+                    tenant_setting: Arc::from("app.current_tenant"),
+                    statement_timeout: None,
+                    session: false,
+                },
             }
         }
 
@@ -929,10 +935,7 @@ mod tests {
                 namespace: b"ns",
                 server_limit: 10,
                 client_limit: 10,
-                policy: Policy {
-                    statement_timeout: None,
-                    session: false,
-                },
+                policy: &self.policy,
             }
         }
     }

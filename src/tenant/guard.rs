@@ -2,16 +2,25 @@
 //! with PostgreSQL's own parser (`pg_query`). Only flagged statements get here,
 //! so ordinary queries never pay for a parse.
 //!
+//! First, the escape guard: nothing may change or wipe the tenant context
+//! (the tenant setting, `search_path`, `role`, `session_authorization`),
+//! wherever it sits in the statement: `SET`/`RESET` in any form, `RESET ALL`,
+//! `set_config(...)` anywhere in the tree (a subquery, a CTE, a view, a rule),
+//! `ALTER ROLE/DATABASE/FUNCTION ... SET`, `UPDATE pg_settings`, and code whose
+//! effect the proxy cannot see (`DO` blocks and function bodies that mention
+//! such a setting or run dynamic SQL). Those get `42501`.
+//!
 //! Under transaction pooling, session-level state either follows the client
 //! (settings: learned after the transaction and re-applied on its next server)
 //! or cannot (LISTEN, session advisory locks, `WITH HOLD` cursors, temporary
 //! objects, SQL-level `PREPARE`): those are refused before they run, with a hint.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use pg_query::NodeEnum;
 use pg_query::protobuf::a_const::Val;
-use pg_query::protobuf::{DiscardMode, RangeVar, VariableSetKind};
+use pg_query::protobuf::{DiscardMode, RangeVar, VariableSetKind, VariableSetStmt};
 
 use crate::error::ClientError;
 
@@ -57,8 +66,10 @@ impl Verdict {
 }
 
 /// Limits that apply to what a client may set.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct Policy {
+    /// The setting that carries the tenant id (`app.current_tenant`).
+    pub tenant_setting: Arc<str>,
     /// The tier's `statement_timeout`; a client may lower it, not raise it.
     pub statement_timeout: Option<Duration>,
     /// The client holds its server for its whole connection (`pool_mode:
@@ -68,7 +79,7 @@ pub struct Policy {
 
 impl Policy {
     /// A feature that needs the same server across transactions.
-    fn session_only(self, what: &str, hint: &str) -> Verdict {
+    fn session_only(&self, what: &str, hint: &str) -> Verdict {
         if self.session {
             Verdict::Reset
         } else {
@@ -77,14 +88,188 @@ impl Policy {
     }
 }
 
+/// Settings the proxy owns: a client can neither change nor wipe them.
+pub fn protected(name: &str, tenant_setting: &str) -> bool {
+    [
+        "search_path",
+        "role",
+        "session_authorization",
+        tenant_setting,
+    ]
+    .iter()
+    .any(|p| name.eq_ignore_ascii_case(p))
+}
+
+/// Words that make a `DO` block or function body opaque to the guard: they
+/// may change the context or build statements at run time.
+const OPAQUE_WORDS: &[&str] = &[
+    "set_config",
+    "search_path",
+    "role",
+    "authorization",
+    "session_authorization",
+    "reset",
+    "discard",
+    "execute",
+    "pg_settings",
+];
+
+/// Languages whose code the guard can read; others (`plperl`, `plpython`…)
+/// can run statements it cannot see.
+const READABLE_LANGUAGES: &[&str] = &["plpgsql", "sql"];
+
+/// The first way `parsed` could change or wipe the tenant context, if any.
+///
+/// `pg_query`'s node walk does not reach every corner of the tree (function
+/// and rule bodies, `DefElem` arguments), so what it misses is caught by a
+/// backstop: every `set_config` name and every `SET` in the whole tree (its
+/// debug rendering, which is complete) must have been checked here, or the
+/// statement is refused.
+fn escape(parsed: &pg_query::ParseResult, policy: &Policy) -> Option<ClientError> {
+    use pg_query::NodeRef;
+    let (mut set_configs, mut sets) = (0, 0);
+    let mut set_escape = |set: &VariableSetStmt| {
+        sets += 1;
+        if set.kind == VariableSetKind::VarResetAll as i32 {
+            Some(ClientError::context_wipe("RESET ALL"))
+        } else if protected(&set.name, &policy.tenant_setting) {
+            Some(ClientError::protected_setting(&set.name))
+        } else {
+            None
+        }
+    };
+    for (node, ..) in parsed.protobuf.nodes() {
+        let nested: Vec<&VariableSetStmt> = match node {
+            NodeRef::VariableSetStmt(set) => vec![set],
+            NodeRef::AlterRoleSetStmt(s) => s.setstmt.iter().collect(),
+            NodeRef::AlterDatabaseSetStmt(s) => s.setstmt.iter().collect(),
+            NodeRef::AlterSystemStmt(s) => s.setstmt.iter().collect(),
+            NodeRef::AlterFunctionStmt(f) => set_options(&f.actions),
+            NodeRef::CreateFunctionStmt(f) => set_options(&f.options),
+            _ => Vec::new(),
+        };
+        if let Some(e) = nested.into_iter().find_map(&mut set_escape) {
+            return Some(e);
+        }
+        match node {
+            NodeRef::FuncCall(call) if is_set_config(call) => {
+                set_configs += 1;
+                match call.args.first().and_then(|a| a.node.as_ref()) {
+                    Some(NodeEnum::AConst(c)) => match &c.val {
+                        Some(Val::Sval(s)) if protected(&s.sval, &policy.tenant_setting) => {
+                            return Some(ClientError::protected_setting(&s.sval));
+                        }
+                        Some(Val::Sval(_)) => {}
+                        _ => return Some(ClientError::context_wipe(COMPUTED)),
+                    },
+                    _ => return Some(ClientError::context_wipe(COMPUTED)),
+                }
+            }
+            NodeRef::UpdateStmt(u)
+                if u.relation
+                    .as_ref()
+                    .is_some_and(|r| r.relname.eq_ignore_ascii_case("pg_settings")) =>
+            {
+                return Some(ClientError::context_wipe("UPDATE pg_settings"));
+            }
+            NodeRef::DoStmt(d) => {
+                if let Some(e) = opaque_code(&d.args, "plpgsql", policy) {
+                    return Some(e);
+                }
+            }
+            NodeRef::CreateFunctionStmt(f) => {
+                if let Some(e) = opaque_code(&f.options, "sql", policy) {
+                    return Some(e);
+                }
+            }
+            _ => {}
+        }
+    }
+    let tree = format!("{:?}", parsed.protobuf).to_ascii_lowercase();
+    if tree.matches("sval: \"set_config\"").count() > set_configs
+        || tree.matches("variablesetstmt {").count() > sets
+    {
+        return Some(ClientError::context_wipe(
+            "a setting change inside this statement",
+        ));
+    }
+    None
+}
+
+const COMPUTED: &str = "set_config without a literal setting name";
+
+/// The `SET` clauses among a function's options (`SET x = y` / `RESET x`).
+fn set_options(options: &[pg_query::protobuf::Node]) -> Vec<&VariableSetStmt> {
+    options
+        .iter()
+        .filter_map(|o| match &o.node {
+            Some(NodeEnum::DefElem(d)) => match d.arg.as_ref().and_then(|a| a.node.as_ref()) {
+                Some(NodeEnum::VariableSetStmt(set)) => Some(set),
+                _ => None,
+            },
+            _ => None,
+        })
+        .collect()
+}
+
+fn is_set_config(call: &pg_query::protobuf::FuncCall) -> bool {
+    call.funcname.last().is_some_and(|n| {
+        matches!(&n.node, Some(NodeEnum::String(s)) if s.sval.eq_ignore_ascii_case("set_config"))
+    })
+}
+
+/// A `DO` block's or function's code (`as` and `language` options) that the
+/// guard cannot vouch for.
+fn opaque_code(
+    options: &[pg_query::protobuf::Node],
+    default_language: &str,
+    policy: &Policy,
+) -> Option<ClientError> {
+    let mut language = default_language.to_owned();
+    let mut code = String::new();
+    for option in options {
+        let Some(NodeEnum::DefElem(d)) = &option.node else {
+            continue;
+        };
+        let strings = d.arg.iter().flat_map(|a| match a.node.as_ref() {
+            Some(NodeEnum::String(s)) => vec![s.sval.clone()],
+            Some(NodeEnum::List(l)) => l
+                .items
+                .iter()
+                .filter_map(|i| match &i.node {
+                    Some(NodeEnum::String(s)) => Some(s.sval.clone()),
+                    _ => None,
+                })
+                .collect(),
+            _ => Vec::new(),
+        });
+        match d.defname.as_str() {
+            "language" => language = strings.collect::<String>().to_ascii_lowercase(),
+            "as" => code.extend(strings),
+            _ => {}
+        }
+    }
+    if !READABLE_LANGUAGES.contains(&language.as_str()) {
+        return Some(ClientError::opaque_code(&format!("language {language}")));
+    }
+    let code = code.to_ascii_lowercase();
+    let tenant_word = policy.tenant_setting.rsplit('.').next().unwrap_or_default();
+    code.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+        .find(|w| OPAQUE_WORDS.contains(w) || w.eq_ignore_ascii_case(tenant_word))
+        .map(ClientError::opaque_code)
+}
+
 /// Classifies `sql` (one `Query` or `Parse` text). Names of custom settings
 /// (`app.feature_flag`) it may set are added to `custom`: PostgreSQL does not
 /// list those in `pg_settings`, so the proxy asks for them by name.
-pub fn classify(sql: &str, policy: Policy, custom: &mut Vec<String>) -> Verdict {
+pub fn classify(sql: &str, policy: &Policy, custom: &mut Vec<String>) -> Verdict {
     let Ok(parsed) = pg_query::parse(sql, pg_query::ParserOptions::DEFAULT) else {
         // PostgreSQL will reject it too; if it somehow runs, reset after.
         return Verdict::Reset;
     };
+    if let Some(e) = escape(&parsed, policy) {
+        return Verdict::Refuse(e);
+    }
     let statements: Vec<&NodeEnum> = parsed
         .protobuf
         .stmts
@@ -158,7 +343,7 @@ fn set_config_names(parsed: &pg_query::ParseResult) -> Option<Vec<String>> {
     Some(names)
 }
 
-fn statement(node: &NodeEnum, policy: Policy) -> Verdict {
+fn statement(node: &NodeEnum, policy: &Policy) -> Verdict {
     match node {
         NodeEnum::VariableSetStmt(set) => setting(set, policy),
         NodeEnum::DeallocateStmt(_) => Verdict::Refuse(ClientError::must_be_alone()),
@@ -202,14 +387,12 @@ fn statement(node: &NodeEnum, policy: Policy) -> Verdict {
     }
 }
 
-fn setting(set: &pg_query::protobuf::VariableSetStmt, policy: Policy) -> Verdict {
+fn setting(set: &pg_query::protobuf::VariableSetStmt, policy: &Policy) -> Verdict {
     if set.is_local {
         return Verdict::Clean;
     }
     let name = set.name.to_ascii_lowercase();
     match name.as_str() {
-        // Role changes are the escape guard's business; the server is reset after.
-        "role" | "session_authorization" => return Verdict::Reset,
         "statement_timeout" if set.kind == VariableSetKind::VarSetValue as i32 => {
             if let Some(cap) = policy.statement_timeout {
                 let wanted = set.args.first().and_then(|a| match &a.node {
@@ -235,9 +418,6 @@ fn setting(set: &pg_query::protobuf::VariableSetStmt, policy: Policy) -> Verdict
             ));
         }
         _ => {}
-    }
-    if set.kind == VariableSetKind::VarResetAll as i32 {
-        return Verdict::Reset;
     }
     Verdict::Settings
 }
@@ -266,7 +446,7 @@ fn is_temp(rel: Option<&RangeVar>) -> bool {
     rel.is_some_and(|r| r.relpersistence == "t")
 }
 
-fn temp_refused(policy: Policy) -> Verdict {
+fn temp_refused(policy: &Policy) -> Verdict {
     policy.session_only(
         "temporary tables, views and sequences",
         "Use a regular table, or a tier or tenant with pool_mode: session.",
@@ -277,13 +457,16 @@ fn temp_refused(policy: Policy) -> Verdict {
 mod tests {
     use super::*;
 
-    const POLICY: Policy = Policy {
-        statement_timeout: Some(Duration::from_secs(5)),
-        session: false,
-    };
+    fn policy() -> Policy {
+        Policy {
+            tenant_setting: Arc::from("app.current_tenant"),
+            statement_timeout: Some(Duration::from_secs(5)),
+            session: false,
+        }
+    }
 
     fn code(sql: &str) -> &'static str {
-        match classify(sql, POLICY, &mut Vec::new()) {
+        match classify(sql, &policy(), &mut Vec::new()) {
             Verdict::Refuse(e) => e.code,
             Verdict::Clean => "clean",
             Verdict::Settings => "settings",
@@ -312,10 +495,10 @@ mod tests {
             assert_eq!(code(sql), "0A000", "{sql}");
             let session = Policy {
                 session: true,
-                ..POLICY
+                ..policy()
             };
             assert_eq!(
-                classify(sql, session, &mut Vec::new()),
+                classify(sql, &session, &mut Vec::new()),
                 Verdict::Reset,
                 "{sql}"
             );
@@ -344,20 +527,17 @@ mod tests {
         assert_eq!(code("SELECT set_config('a.b', 'c', false)"), "settings");
         assert_eq!(code("SET statement_timeout = 1000"), "settings");
         assert_eq!(code("SET statement_timeout = '2s'"), "settings");
-        assert_eq!(code("RESET ALL"), "reset");
-        assert_eq!(code("SET ROLE nobody"), "reset");
         assert_eq!(code("DO $$ BEGIN PERFORM 1; END $$"), "reset");
         assert_eq!(code("DISCARD ALL"), "discard all");
         assert_eq!(code("discard temp"), "reset");
         assert_eq!(code("DEALLOCATE ALL"), "deallocate");
         assert_eq!(
-            classify("DEALLOCATE PREPARE s1", POLICY, &mut Vec::new()),
+            classify("DEALLOCATE PREPARE s1", &policy(), &mut Vec::new()),
             Verdict::Deallocate(Some("s1".into()))
         );
         assert_eq!(code("SELECT 1; DISCARD ALL"), "0A000");
         assert_eq!(code("DEALLOCATE s1; SELECT 1"), "0A000");
         assert_eq!(code("SELEC oops"), "reset");
-        assert_eq!(code("SELECT set_config(name, 'x', false) FROM t"), "reset");
     }
 
     #[test]
@@ -365,7 +545,7 @@ mod tests {
         let mut custom = Vec::new();
         classify(
             "SET app.Feature_Flag = 'on'; SELECT pg_catalog.set_config('app.other', 'x', false); SET TimeZone = 'UTC'",
-            POLICY,
+            &policy(),
             &mut custom,
         );
         assert_eq!(custom, ["app.feature_flag", "app.other"]);
@@ -384,12 +564,77 @@ mod tests {
         }
         let no_cap = Policy {
             statement_timeout: None,
-            session: false,
+            ..policy()
         };
         assert_eq!(
-            classify("SET statement_timeout = 0", no_cap, &mut Vec::new()),
+            classify("SET statement_timeout = 0", &no_cap, &mut Vec::new()),
             Verdict::Settings
         );
+    }
+
+    #[test]
+    fn the_tenant_context_cannot_be_changed_or_wiped() {
+        let missed = [
+            "SET app.current_tenant = 'b'",
+            "set APP.CURRENT_TENANT to 'b'",
+            "SET \"app.current_tenant\" = 'b'",
+            "SET app . current_tenant = 'b'",
+            "SET LOCAL app.current_tenant = 'b'",
+            "SET SESSION app.current_tenant = 'b'",
+            "RESET app.current_tenant",
+            "RESET ALL",
+            "SET search_path = other, public",
+            "SET SCHEMA 'other'",
+            "SET ROLE postgres",
+            "RESET ROLE",
+            "SET ROLE NONE",
+            "SET SESSION AUTHORIZATION postgres",
+            "RESET SESSION AUTHORIZATION",
+            "SELECT set_config('app.current_tenant', 'b', false)",
+            "SELECT pg_catalog.set_config('App.Current_Tenant', 'b', true)",
+            "SELECT \"set_config\"('role', 'postgres', false)",
+            "SELECT U&\"\\0073et_config\"('search_path', 'x', false)",
+            "SELECT set_config(current_setting('x.y'), 'b', false)",
+            "SELECT set_config($1, $2, false)",
+            "SELECT * FROM (SELECT set_config('app.current_tenant', 'b', false)) s",
+            "WITH x AS (SELECT set_config('app.current_tenant', 'b', false)) SELECT * FROM x",
+            "SELECT 1 WHERE set_config('app.current_tenant', 'b', false) IS NOT NULL",
+            "EXPLAIN ANALYZE SELECT set_config('app.current_tenant', 'b', false)",
+            "CREATE VIEW v AS SELECT set_config('app.current_tenant', 'b', false)",
+            "UPDATE pg_settings SET setting = 'b' WHERE name = 'app.current_tenant'",
+            "WITH u AS (UPDATE pg_catalog.pg_settings SET setting = 'b' RETURNING 1) SELECT 1",
+            "ALTER ROLE CURRENT_USER SET app.current_tenant = 'b'",
+            "ALTER DATABASE saas SET search_path = other",
+            "ALTER ROLE CURRENT_USER RESET ALL",
+            "ALTER FUNCTION f() SET app.current_tenant = 'b'",
+            "CREATE FUNCTION f() RETURNS int LANGUAGE sql SET app.current_tenant = 'b' AS 'SELECT 1'",
+            "CREATE FUNCTION f() RETURNS text LANGUAGE sql AS $$ SELECT set_config('app.current_tenant', 'b', false) $$",
+            "CREATE FUNCTION f() RETURNS text LANGUAGE sql BEGIN ATOMIC SELECT set_config('app.current_tenant', 'b', false); END",
+            "CREATE FUNCTION f() RETURNS void LANGUAGE plpgsql AS $$ BEGIN EXECUTE 'SET ROLE postgres'; END $$",
+            "CREATE FUNCTION f() RETURNS int LANGUAGE plperl AS 'return 1'",
+            "DO $$ BEGIN PERFORM set_config('app.current_tenant', 'b', false); END $$",
+            "DO $$ BEGIN SET app.current_tenant = 'b'; END $$",
+            "DO $$ BEGIN EXECUTE 'SET app.' || 'current_tenant = ''b'''; END $$",
+            "DO $$ BEGIN EXECUTE format('SE%s', 'T ROLE postgres'); END $$",
+            "DO LANGUAGE plperl $$ spi_exec_query('x') $$",
+            "SELECT 1; SET app.current_tenant = 'b'; SELECT 2",
+            "CREATE RULE r AS ON INSERT TO t DO ALSO SELECT set_config('app.current_tenant', 'b', false)",
+        ]
+        .into_iter()
+        .filter(|sql| code(sql) != "42501")
+        .collect::<Vec<_>>();
+        assert!(missed.is_empty(), "not refused: {missed:#?}");
+        // Code that touches none of it runs.
+        for sql in [
+            "SELECT current_setting('app.current_tenant')",
+            "SELECT set_config('app.feature_flag', 'on', false)",
+            "SET TimeZone = 'UTC'",
+            "DO $$ BEGIN PERFORM 1; END $$",
+            "CREATE FUNCTION add1(int) RETURNS int LANGUAGE sql AS 'SELECT $1 + 1'",
+            "SHOW search_path",
+        ] {
+            assert_ne!(code(sql), "42501", "{sql}");
+        }
     }
 
     #[test]

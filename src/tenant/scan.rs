@@ -5,7 +5,8 @@
 //! It errs towards hits: a false positive costs one extra reset, a false negative
 //! could carry state to another tenant. Comments are skipped so they cannot hide a
 //! statement's first word; string contents are scanned like code, which only adds
-//! false positives. This is not the escape guard: it decides about resets, not refusals.
+//! false positives. It is the escape guard's pre-filter too: whatever could change
+//! the tenant context must be flagged, so that the parser sees it.
 
 /// Words that change session state when they start a statement.
 const LEADING: &[&[u8]] = &[
@@ -19,6 +20,9 @@ const LEADING: &[&[u8]] = &[
     b"do",
     b"load",
     b"call",
+    // ALTER ROLE/DATABASE/FUNCTION ... SET, CREATE FUNCTION ... SET or a body.
+    b"alter",
+    b"create",
 ];
 /// Words that may change session state wherever they appear.
 const ANYWHERE: &[&[u8]] = &[
@@ -27,6 +31,7 @@ const ANYWHERE: &[&[u8]] = &[
     b"temporary",
     b"authorization",
     b"hold",
+    b"pg_settings",
 ];
 
 /// Whether `sql` may change state that outlives its transaction.
@@ -42,6 +47,9 @@ pub fn may_change_session(sql: &[u8]) -> bool {
                 .map_or(sql.len(), |p| i + p);
         } else if c == b'/' && sql.get(i + 1) == Some(&b'*') {
             i = skip_block_comment(sql, i);
+        } else if c == b'&' && i > 0 && sql[i - 1].eq_ignore_ascii_case(&b'u') {
+            // U&"..." and U&'...' spell names with escapes the scan cannot read.
+            return true;
         } else if c == b';' {
             statement_start = true;
             i += 1;
@@ -154,6 +162,11 @@ mod tests {
             "SELECT PG_TRY_ADVISORY_XACT_LOCK(1)",
             "sElEcT 1; Listen x",
             "SELECT 1; \u{e9}t\u{e9}; SET x = 1",
+            "UPDATE pg_settings SET setting = 'b' WHERE name = 'app.current_tenant'",
+            "SELECT U&\"\\0073et_config\"('x', 'y', false)",
+            "select u&'x'",
+            "ALTER ROLE CURRENT_USER SET search_path = x",
+            "CREATE FUNCTION f() RETURNS int LANGUAGE sql SET app.current_tenant = 'b' AS 'SELECT 1'",
         ] {
             assert!(may_change_session(sql.as_bytes()), "{sql}");
         }
