@@ -192,52 +192,36 @@ async fn a_statement_prepared_by_one_tenant_is_not_executable_by_another() {
             .contains("acme"),
     );
     let mut acme = raw_login(proxy.port, "app.acme", APP_PASSWORD, &db).await;
-    let mut out = BytesMut::new();
     // tokio-postgres names its first statement "s0"; so might an attacker.
     for name in ["s0", "s1", "pgtenant_0", ""] {
-        out.clear();
-        frontend::bind(
-            "",
-            name,
-            [],
-            [],
-            |_: (), _| Ok(postgres_protocol::IsNull::No),
-            [],
-            &mut out,
-        )
-        .map_err(|_| ())
-        .unwrap();
-        frontend::execute("", 0, &mut out).unwrap();
-        frontend::sync(&mut out);
+        let out = bind_execute_sync(name);
         assert_eq!(
             exchange(&mut acme, &out, 1).await,
             ["E26000", "ZI"],
             "{name}"
         );
     }
-    // Guessing the server-side name of umbrella's statement does not work either.
-    let server_name: String = pg()
-        .superuser(&db)
-        .await
-        .query_one("SELECT name FROM pg_prepared_statements LIMIT 1", &[])
-        .await
-        .map(|r| r.get(0))
-        .unwrap_or_else(|_| "pgtenant_guess".to_owned());
-    out.clear();
-    frontend::bind(
-        "",
-        &server_name,
-        [],
-        [],
-        |_: (), _| Ok(postgres_protocol::IsNull::No),
-        [],
-        &mut out,
+    // Nor does the server-side name of umbrella's statement, read on the one
+    // server they share.
+    let server_name = one(
+        &umbrella,
+        "SELECT name FROM pg_prepared_statements WHERE name LIKE 'pgtenant_%' LIMIT 1",
     )
-    .map_err(|_| ())
-    .unwrap();
+    .await;
+    let out = bind_execute_sync(&server_name);
+    assert_eq!(exchange(&mut acme, &out, 1).await, ["E26000", "ZI"]);
+}
+
+/// `Bind` of statement `name`, `Execute`, `Sync`.
+fn bind_execute_sync(name: &str) -> BytesMut {
+    let mut out = BytesMut::new();
+    let no_params = |_: (), _: &mut BytesMut| Ok(postgres_protocol::IsNull::No);
+    frontend::bind("", name, [], [], no_params, [], &mut out)
+        .map_err(|_| ())
+        .unwrap();
     frontend::execute("", 0, &mut out).unwrap();
     frontend::sync(&mut out);
-    assert_eq!(exchange(&mut acme, &out, 1).await, ["E26000", "ZI"]);
+    out
 }
 
 /// A cancel key guessed by another client never cancels someone else's query.
