@@ -184,16 +184,20 @@ impl Invalidations {
         at.insert(id, epoch);
     }
 
-    /// Whether `id` was invalidated after `prepared_at`. No lock unless some
-    /// statement was invalidated since.
-    fn since(&self, id: u128, prepared_at: u64) -> bool {
-        self.now() > prepared_at
-            && self
-                .at
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .get(&id)
-                .is_some_and(|&e| e > prepared_at)
+    /// Checks a copy of `id` known good as of epoch `checked`: `None` if `id`
+    /// was invalidated since, else the epoch it is now known good as of. The
+    /// lock is taken only when some statement was invalidated since `checked`,
+    /// and the caller stores the new epoch, so each copy pays it once.
+    fn check(&self, id: u128, checked: u64) -> Option<u64> {
+        let now = self.now();
+        if now == checked {
+            return Some(now);
+        }
+        let at = self.at.lock().unwrap_or_else(|p| p.into_inner());
+        match at.get(&id) {
+            Some(&e) if e > checked => None,
+            _ => Some(now),
+        }
     }
 }
 
@@ -202,7 +206,7 @@ impl Invalidations {
 struct Prepared {
     last_use: u64,
     name: Bytes,
-    /// [`Invalidations`] epoch when it was prepared.
+    /// [`Invalidations`] epoch as of which it is known usable.
     epoch: u64,
 }
 
@@ -233,10 +237,11 @@ impl ServerStatements {
         let Some(entry) = self.prepared.get_mut(&id) else {
             return false;
         };
-        if self.invalidations.since(id, entry.epoch) {
+        let Some(good_as_of) = self.invalidations.check(id, entry.epoch) else {
             self.mark_stale(id);
             return false;
-        }
+        };
+        entry.epoch = good_as_of;
         entry.last_use = self.clock;
         true
     }
@@ -406,5 +411,31 @@ mod tests {
         assert_eq!(server.len(), 2);
         server.clear();
         assert!(server.is_empty());
+    }
+
+    #[test]
+    fn an_invalidated_statement_is_stale_on_every_server_of_the_pool() {
+        let [a, b] = ["SELECT 1\0\0\0", "SELECT 2\0\0\0"]
+            .map(|q| Statement::new(b"ns", q.as_bytes(), Effect::default()));
+        let shared = Arc::new(Invalidations::default());
+        let [mut one, mut two] = [0, 1].map(|_| ServerStatements::new(Arc::clone(&shared)));
+        for server in [&mut one, &mut two] {
+            server.insert(&a, 10);
+            server.insert(&b, 10);
+        }
+        one.invalidate(a.id);
+        assert_eq!(one.take_stale(), std::slice::from_ref(&a.name));
+        // The other server learns it at its next use, and only for `a`.
+        assert!(two.touch(b.id));
+        assert_eq!(
+            two.prepared[&b.id].epoch,
+            shared.now(),
+            "checked once, stamped"
+        );
+        assert!(!two.touch(a.id));
+        assert_eq!(two.take_stale(), std::slice::from_ref(&a.name));
+        // Prepared again after the invalidation: usable.
+        two.insert(&a, 10);
+        assert!(two.touch(a.id));
     }
 }

@@ -79,6 +79,8 @@ pub struct Relay<S> {
     session: LoggedIn,
     cancel: CancelGuard,
     statements: ClientStatements,
+    /// Reused by each transaction (see [`Tracker::reset`]).
+    tracker: Tracker,
     /// The client's session settings (see [`settings`]).
     settings: Settings,
     /// Those from its startup packet, which `DISCARD ALL` goes back to.
@@ -121,6 +123,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Relay<S> {
             session,
             cancel,
             statements: ClientStatements::default(),
+            tracker: Tracker::new(),
             max_message: limits.max_message_size,
             server_statements: limits.max_prepared_statements,
             client_statements: limits.max_client_prepared_statements,
@@ -262,10 +265,23 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Relay<S> {
         self.ready_for_query().await
     }
 
-    /// One transaction on `lease`: context first (only if the server lacks it),
-    /// in the same write as the client's messages; then relay to the boundary.
-    async fn transaction(&mut self, mut lease: Lease) -> Result<(), RelayError> {
-        let mut t = Tracker::new();
+    /// One transaction on `lease`, with the session's tracker: reused, so its
+    /// queue and buffers are not allocated per transaction.
+    async fn transaction(&mut self, lease: Lease) -> Result<(), RelayError> {
+        let mut t = std::mem::take(&mut self.tracker);
+        t.reset();
+        let result = self.run_transaction(lease, &mut t).await;
+        self.tracker = t;
+        result
+    }
+
+    /// Context first (only if the server lacks it), in the same write as the
+    /// client's messages; then relay to the boundary.
+    async fn run_transaction(
+        &mut self,
+        mut lease: Lease,
+        t: &mut Tracker,
+    ) -> Result<(), RelayError> {
         let server = lease.server();
         let wanted = Arc::clone(&self.session.context);
         let reset = server.needs_reset;
@@ -300,7 +316,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Relay<S> {
         }
         // Until this write is done, the server's recorded context stays as it was;
         // any failure from here on closes the server (the lease is dropped).
-        let terminated = self.forward_client(&mut t, server).await?;
+        let terminated = self.forward_client(t, server).await?;
         if terminated {
             return Err(RelayError::ClientGone);
         }
@@ -312,7 +328,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Relay<S> {
             server.settings.clone_from(&self.settings);
         }
         self.cancel.slot.attach(server.cancel);
-        let result = self.relay(&mut lease, &mut t).await;
+        let result = self.relay(&mut lease, t).await;
         self.cancel.slot.detach();
         result?;
         let server = lease.server();

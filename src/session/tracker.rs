@@ -144,6 +144,12 @@ struct Retry {
     described: bool,
 }
 
+impl Default for Tracker {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 impl Tracker {
     pub fn new() -> Tracker {
         Tracker {
@@ -162,6 +168,29 @@ impl Tracker {
             resend: BytesMut::new(),
             replay: BytesMut::new(),
         }
+    }
+
+    /// Ready for the next transaction; the queue and buffers keep their
+    /// capacity, so a session's transactions allocate nothing here.
+    pub fn reset(&mut self) {
+        let mut replies = std::mem::take(&mut self.replies);
+        let mut custom = std::mem::take(&mut self.effect.custom);
+        let mut resend = std::mem::take(&mut self.resend);
+        let mut replay = std::mem::take(&mut self.replay);
+        replies.clear();
+        custom.clear();
+        resend.clear();
+        replay.clear();
+        *self = Tracker {
+            replies,
+            effect: Effect {
+                custom,
+                ..Effect::default()
+            },
+            resend,
+            replay,
+            ..Tracker::new()
+        };
     }
 
     /// A failed segment is being run again: client messages must wait.
@@ -335,7 +364,7 @@ impl Tracker {
             // The Parse written under the server name stands for the client's:
             // its reply is forwarded.
             let reply = Reply::Parse(Some(Undo::Named(name, statement.id)));
-            self.prepare_on_server(&statement, st, w, reply);
+            self.write_prepare(&statement, st, w.out, reply);
         }
         Ok(())
     }
@@ -533,21 +562,9 @@ impl Tracker {
         w.drop_frame(frame);
         if !st.server.touch(statement.id) {
             let reply = Reply::OwnParse(Some(Arc::clone(&statement)));
-            self.prepare_on_server(&statement, st, w, reply);
+            self.write_prepare(&statement, st, w.out, reply);
         }
         Some(statement)
-    }
-
-    /// Writes `statement`'s `Parse` (closing the least recently used one when
-    /// the server is full) and notes `reply` for it.
-    fn prepare_on_server(
-        &mut self,
-        statement: &Statement,
-        st: &mut Statements<'_>,
-        w: &mut Splicer<'_>,
-        reply: Reply,
-    ) {
-        self.write_prepare(statement, st, w.out, reply);
     }
 
     /// Writes `statement`'s `Parse` to `out`, after closing stale statements
@@ -982,6 +999,19 @@ mod tests {
         }
         assert!(t.at_boundary());
         assert!(!t.effect.reset);
+    }
+
+    #[test]
+    fn reset_leaves_nothing_of_the_last_transaction() {
+        let (mut t, mut sets) = (Tracker::new(), Sets::new());
+        let mut buf = msg(b'Q', b"SET work_mem = '8MB'\0");
+        buf.extend(msg(b'E', b"\0\0\0\0\0"));
+        feed(&mut t, &mut sets, &buf);
+        assert!(!t.at_boundary() && t.effect.settings);
+        t.reset();
+        assert!(t.at_boundary());
+        assert_eq!(t.effect, Effect::default());
+        assert!(!t.holding() && t.resend().is_none());
     }
 
     #[test]

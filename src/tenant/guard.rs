@@ -118,24 +118,25 @@ const OPAQUE_WORDS: &[&str] = &[
 /// can run statements it cannot see.
 const READABLE_LANGUAGES: &[&str] = &["plpgsql", "sql"];
 
-/// The first way `parsed` could change or wipe the tenant context, if any.
+/// The first way `parsed` could change or wipe the tenant context, as an
+/// error; else the names (literal, lowercased) its `set_config` calls set.
 ///
 /// `pg_query`'s node walk does not reach every corner of the tree (function
 /// and rule bodies, `DefElem` arguments), so what it misses is caught by a
 /// backstop: every `set_config` name and every `SET` in the whole tree (its
 /// debug rendering, which is complete) must have been checked here, or the
 /// statement is refused.
-fn escape(parsed: &pg_query::ParseResult, policy: &Policy) -> Option<ClientError> {
+fn inspect(parsed: &pg_query::ParseResult, policy: &Policy) -> Result<Vec<String>, ClientError> {
     use pg_query::NodeRef;
-    let (mut set_configs, mut sets) = (0, 0);
-    let mut set_escape = |set: &VariableSetStmt| {
+    let (mut set_config_names, mut sets) = (Vec::new(), 0);
+    let mut check_set = |set: &VariableSetStmt| {
         sets += 1;
         if set.kind == VariableSetKind::VarResetAll as i32 {
-            Some(ClientError::context_wipe("RESET ALL"))
+            Err(ClientError::context_wipe("RESET ALL"))
         } else if protected(&set.name, &policy.tenant_setting) {
-            Some(ClientError::protected_setting(&set.name))
+            Err(ClientError::protected_setting(&set.name))
         } else {
-            None
+            Ok(())
         }
     };
     for (node, ..) in parsed.protobuf.nodes() {
@@ -148,52 +149,42 @@ fn escape(parsed: &pg_query::ParseResult, policy: &Policy) -> Option<ClientError
             NodeRef::CreateFunctionStmt(f) => set_options(&f.options),
             _ => Vec::new(),
         };
-        if let Some(e) = nested.into_iter().find_map(&mut set_escape) {
-            return Some(e);
-        }
+        nested.into_iter().try_for_each(&mut check_set)?;
         match node {
             NodeRef::FuncCall(call) if is_set_config(call) => {
-                set_configs += 1;
-                match call.args.first().and_then(|a| a.node.as_ref()) {
+                let name = match call.args.first().and_then(|a| a.node.as_ref()) {
                     Some(NodeEnum::AConst(c)) => match &c.val {
-                        Some(Val::Sval(s)) if protected(&s.sval, &policy.tenant_setting) => {
-                            return Some(ClientError::protected_setting(&s.sval));
-                        }
-                        Some(Val::Sval(_)) => {}
-                        _ => return Some(ClientError::context_wipe(COMPUTED)),
+                        Some(Val::Sval(s)) => &s.sval,
+                        _ => return Err(ClientError::context_wipe(COMPUTED)),
                     },
-                    _ => return Some(ClientError::context_wipe(COMPUTED)),
+                    _ => return Err(ClientError::context_wipe(COMPUTED)),
+                };
+                if protected(name, &policy.tenant_setting) {
+                    return Err(ClientError::protected_setting(name));
                 }
+                set_config_names.push(name.to_ascii_lowercase());
             }
             NodeRef::UpdateStmt(u)
                 if u.relation
                     .as_ref()
                     .is_some_and(|r| r.relname.eq_ignore_ascii_case("pg_settings")) =>
             {
-                return Some(ClientError::context_wipe("UPDATE pg_settings"));
+                return Err(ClientError::context_wipe("UPDATE pg_settings"));
             }
-            NodeRef::DoStmt(d) => {
-                if let Some(e) = opaque_code(&d.args, "plpgsql", policy) {
-                    return Some(e);
-                }
-            }
-            NodeRef::CreateFunctionStmt(f) => {
-                if let Some(e) = opaque_code(&f.options, "sql", policy) {
-                    return Some(e);
-                }
-            }
+            NodeRef::DoStmt(d) => opaque_code(&d.args, "plpgsql", policy)?,
+            NodeRef::CreateFunctionStmt(f) => opaque_code(&f.options, "sql", policy)?,
             _ => {}
         }
     }
     let tree = format!("{:?}", parsed.protobuf).to_ascii_lowercase();
-    if tree.matches("sval: \"set_config\"").count() > set_configs
+    if tree.matches("sval: \"set_config\"").count() > set_config_names.len()
         || tree.matches("variablesetstmt {").count() > sets
     {
-        return Some(ClientError::context_wipe(
+        return Err(ClientError::context_wipe(
             "a setting change inside this statement",
         ));
     }
-    None
+    Ok(set_config_names)
 }
 
 const COMPUTED: &str = "set_config without a literal setting name";
@@ -224,7 +215,7 @@ fn opaque_code(
     options: &[pg_query::protobuf::Node],
     default_language: &str,
     policy: &Policy,
-) -> Option<ClientError> {
+) -> Result<(), ClientError> {
     let mut language = default_language.to_owned();
     let mut code = String::new();
     for option in options {
@@ -250,13 +241,13 @@ fn opaque_code(
         }
     }
     if !READABLE_LANGUAGES.contains(&language.as_str()) {
-        return Some(ClientError::opaque_code(&format!("language {language}")));
+        return Err(ClientError::opaque_code(&format!("language {language}")));
     }
     let code = code.to_ascii_lowercase();
     let tenant_word = policy.tenant_setting.rsplit('.').next().unwrap_or_default();
     code.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
         .find(|w| OPAQUE_WORDS.contains(w) || w.eq_ignore_ascii_case(tenant_word))
-        .map(ClientError::opaque_code)
+        .map_or(Ok(()), |w| Err(ClientError::opaque_code(w)))
 }
 
 /// Classifies `sql` (one `Query` or `Parse` text). Names of custom settings
@@ -267,9 +258,10 @@ pub fn classify(sql: &str, policy: &Policy, custom: &mut Vec<String>) -> Verdict
         // PostgreSQL will reject it too; if it somehow runs, reset after.
         return Verdict::Reset;
     };
-    if let Some(e) = escape(&parsed, policy) {
-        return Verdict::Refuse(e);
-    }
+    let set_config_names = match inspect(&parsed, policy) {
+        Ok(names) => names,
+        Err(e) => return Verdict::Refuse(e),
+    };
     let statements: Vec<&NodeEnum> = parsed
         .protobuf
         .stmts
@@ -303,44 +295,12 @@ pub fn classify(sql: &str, policy: &Policy, custom: &mut Vec<String>) -> Verdict
                 "Use pg_advisory_xact_lock(), released at the end of the transaction, or pool_mode: session.",
             ));
         }
-        if name == "set_config" {
-            // Its name argument may be any expression: reset after, unless every
-            // call names a setting literally.
-            match set_config_names(&parsed) {
-                Some(names) => {
-                    custom.extend(names.into_iter().filter(|n| n.contains('.')));
-                    verdict = verdict.and(Verdict::Settings);
-                }
-                None => verdict = verdict.and(Verdict::Reset),
-            }
-        }
+    }
+    if !set_config_names.is_empty() {
+        custom.extend(set_config_names.into_iter().filter(|n| n.contains('.')));
+        verdict = verdict.and(Verdict::Settings);
     }
     verdict
-}
-
-/// The literal first arguments of every `set_config` call, or `None` if one
-/// is not a literal.
-fn set_config_names(parsed: &pg_query::ParseResult) -> Option<Vec<String>> {
-    let mut names = Vec::new();
-    for (node, ..) in parsed.protobuf.nodes() {
-        let pg_query::NodeRef::FuncCall(call) = node else {
-            continue;
-        };
-        let is_set_config = call.funcname.last().is_some_and(|n| {
-            matches!(&n.node, Some(NodeEnum::String(s)) if s.sval.eq_ignore_ascii_case("set_config"))
-        });
-        if !is_set_config {
-            continue;
-        }
-        match call.args.first().and_then(|a| a.node.as_ref()) {
-            Some(NodeEnum::AConst(c)) => match &c.val {
-                Some(Val::Sval(s)) => names.push(s.sval.to_ascii_lowercase()),
-                _ => return None,
-            },
-            _ => return None,
-        }
-    }
-    Some(names)
 }
 
 fn statement(node: &NodeEnum, policy: &Policy) -> Verdict {
