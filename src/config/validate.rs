@@ -493,6 +493,30 @@ tenants:
             config.tenants["acme"].pool_mode,
             Some(crate::config::PoolMode::Session)
         );
+        // Per user too: a typo is refused at its line, a valid mode is kept.
+        let user = |mode: &str| {
+            BASE.replace(
+                "  acme: { tier: free, cluster: main }\n",
+                &format!(
+                    "  acme:\n    tier: free\n    cluster: main\n    users:\n      worker:\n        password: md5{}\n        pool_mode: {mode}\n",
+                    "0".repeat(32)
+                ),
+            )
+        };
+        let errors = parse(&user("sesion"), &|_| None)
+            .expect_err("pool_mode: sesion")
+            .0;
+        assert!(
+            errors
+                .iter()
+                .any(|e| e.line == 14 && e.message.contains("sesion")),
+            "{errors:?}"
+        );
+        let config = parse(&user("session"), &|_| None).unwrap();
+        assert_eq!(
+            config.users["worker"].pool_mode,
+            Some(crate::config::PoolMode::Session)
+        );
     }
 
     #[test]

@@ -118,9 +118,6 @@ pub struct Tracker {
     draft: Option<Retry>,
     /// The first `Sync` owed ends a segment that may be run again.
     armed: Option<Retry>,
-    /// The armed segment failed and is being run again: the client's next
-    /// messages wait until it is rewritten.
-    retrying: bool,
     /// Messages for the server that the proxy wrote while reading its replies.
     resend: BytesMut,
     /// The armed segment as written, from the `Bind` to the `Sync` (reused).
@@ -142,6 +139,9 @@ struct Retry {
     /// Where the translated `Bind` starts in the bytes for the server.
     start: usize,
     described: bool,
+    /// It failed and runs again at its `Sync`'s `ReadyForQuery`: the client's
+    /// next messages wait until it is rewritten.
+    failed: bool,
 }
 
 impl Default for Tracker {
@@ -164,7 +164,6 @@ impl Tracker {
             copy_in: false,
             draft: None,
             armed: None,
-            retrying: false,
             resend: BytesMut::new(),
             replay: BytesMut::new(),
         }
@@ -195,7 +194,7 @@ impl Tracker {
 
     /// A failed segment is being run again: client messages must wait.
     pub fn holding(&self) -> bool {
-        self.retrying
+        self.armed.as_ref().is_some_and(|r| r.failed)
     }
 
     /// What the proxy must write to the server now, if anything.
@@ -396,6 +395,7 @@ impl Tracker {
                 statement: Arc::clone(&statement),
                 start: w.out.len(),
                 described: false,
+                failed: false,
             });
         }
         let out = &mut *w.out;
@@ -677,7 +677,7 @@ impl Tracker {
                     .ok_or_else(|| unexpected(tag))?;
                 if sync
                     && let Some(retry) = self.armed.take()
-                    && self.retrying
+                    && retry.failed
                 {
                     self.run_again(retry, st);
                     return Ok(Action::Swallow);
@@ -699,10 +699,12 @@ impl Tracker {
                         // it is the armed one and nothing follows it.
                         st.server.invalidate(id);
                         self.skip_to_sync(st);
-                        let again = self.armed.as_ref().is_some_and(|r| r.statement.id == id)
-                            && self.replies.len() == 1;
-                        if again {
-                            self.retrying = true;
+                        let only_owed = self.replies.len() == 1;
+                        if let Some(retry) = &mut self.armed
+                            && retry.statement.id == id
+                            && only_owed
+                        {
+                            retry.failed = true;
                             return Ok(Action::Swallow);
                         }
                         self.armed = None;
@@ -758,7 +760,6 @@ impl Tracker {
     /// result type changed: a `Close` of the old copy, a fresh `Parse`, then
     /// the segment as the client sent it.
     fn run_again(&mut self, retry: Retry, st: &mut Statements<'_>) {
-        self.retrying = false;
         let mut out = std::mem::take(&mut self.resend);
         let statement = retry.statement;
         let reply = Reply::OwnParse(Some(Arc::clone(&statement)));
