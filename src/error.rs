@@ -88,6 +88,37 @@ impl ClientError {
         .with_hint("Close idle connections or raise the tier's max_client_connections.")
     }
 
+    /// `max_client_connections` of the whole proxy.
+    pub fn proxy_full(limit: u32) -> ClientError {
+        Self::new(
+            Severity::Fatal,
+            "53300",
+            format!("too many client connections to pgtenant (limit {limit})"),
+        )
+        .with_hint("Retry later; the proxy's limits.max_client_connections is reached.")
+    }
+
+    /// Logins from an address that failed too often are refused unchecked for a while.
+    pub fn login_throttled(retry_after: std::time::Duration) -> ClientError {
+        Self::new(
+            Severity::Fatal,
+            "28000",
+            format!(
+                "too many failed logins from this address; try again in {} s",
+                retry_after.as_secs().max(1)
+            ),
+        )
+    }
+
+    pub fn tls_required() -> ClientError {
+        Self::new(
+            Severity::Fatal,
+            "28000",
+            "pgtenant accepts only TLS connections".to_owned(),
+        )
+        .with_hint("Connect with sslmode=require (or verify-ca / verify-full).")
+    }
+
     pub fn queue_timeout(tier: &str, waited_ms: u128) -> ClientError {
         Self::new(
             Severity::Error,
@@ -321,6 +352,13 @@ mod tests {
                 true,
             ),
             (ClientError::shutting_down(), "57P01", true),
+            (ClientError::proxy_full(1), "53300", true),
+            (
+                ClientError::login_throttled(std::time::Duration::ZERO),
+                "28000",
+                true,
+            ),
+            (ClientError::tls_required(), "28000", true),
         ];
         for (err, code, fatal) in table {
             assert_eq!((err.code, err.is_fatal()), (code, fatal), "{err}");

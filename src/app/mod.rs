@@ -2,7 +2,8 @@
 //! topped up, stop on a shutdown signal.
 //!
 //! Tasks: one accept loop; one task per client session; one maintenance task
-//! that visits every pool each second (idle timeouts, `min_pool_size`).
+//! that visits every pool each second (idle timeouts, `min_pool_size`); one
+//! that re-reads the TLS certificate on SIGHUP.
 
 pub mod rls;
 
@@ -70,6 +71,7 @@ impl Proxy {
     pub async fn run(self, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
         tracing::info!(listen = %self.local_addr(), "pgtenant accepting clients");
         let maintenance = tokio::spawn(maintain(Arc::clone(&self.deps)));
+        let hangups = tokio::spawn(reload_on_hangup(Arc::clone(&self.deps)));
         tokio::pin!(shutdown);
         loop {
             tokio::select! {
@@ -77,7 +79,7 @@ impl Proxy {
                 accepted = self.listener.accept() => match accepted {
                     Ok((stream, peer)) => {
                         let _ = stream.set_nodelay(true);
-                        tokio::spawn(session::serve(stream, Arc::clone(&self.deps), peer.to_string()));
+                        tokio::spawn(session::serve(stream, Arc::clone(&self.deps), peer));
                     }
                     // Out of file descriptors and the like: back off, keep serving.
                     Err(e) => {
@@ -88,6 +90,7 @@ impl Proxy {
             }
         }
         maintenance.abort();
+        hangups.abort();
         tracing::info!("pgtenant stopped accepting clients");
         Ok(())
     }
@@ -100,6 +103,32 @@ async fn maintain(deps: Arc<Deps>) {
         let runtime = deps.runtime.load_full();
         for (_, pool) in runtime.pools.iter() {
             pool.maintain().await;
+        }
+    }
+}
+
+/// SIGHUP re-reads the listener's TLS certificate and key. Connections keep the
+/// certificate they started with; a file that does not load leaves the old one.
+async fn reload_on_hangup(deps: Arc<Deps>) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut hangup = match signal(SignalKind::hangup()) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot install a SIGHUP handler; reloads are off");
+            return;
+        }
+    };
+    while hangup.recv().await.is_some() {
+        let runtime = deps.runtime.load_full();
+        let tls = &runtime.config.tls;
+        if tls.mode == crate::tls::ClientTlsMode::Disable {
+            continue;
+        }
+        match tls.reload() {
+            Ok(()) => tracing::info!("SIGHUP: re-read the TLS certificate and key"),
+            Err(e) => {
+                tracing::error!(error = %e, "SIGHUP: kept the TLS certificate in use")
+            }
         }
     }
 }

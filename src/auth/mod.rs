@@ -14,8 +14,10 @@ pub mod scram;
 pub enum AuthError {
     #[error("malformed authentication message: {0}")]
     Malformed(&'static str),
-    #[error("client asked for channel binding, which needs TLS")]
+    #[error("client asked for channel binding that this connection cannot give")]
     ChannelBindingUnsupported,
+    #[error("client supports channel binding but thinks the server does not (downgrade?)")]
+    ChannelBindingDowngrade,
     #[error("wrong password")]
     WrongPassword,
 }

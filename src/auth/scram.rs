@@ -1,5 +1,7 @@
-//! SCRAM-SHA-256 server side against a stored verifier. No channel binding yet
-//! (that needs TLS); a client that insists on it (`p=`) is refused.
+//! SCRAM-SHA-256 server side against a stored verifier, with SCRAM-SHA-256-PLUS
+//! (`tls-server-end-point` channel binding) on TLS connections: the proof then
+//! covers the certificate the client saw, so a man in the middle with another
+//! certificate cannot relay the login.
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
@@ -10,6 +12,18 @@ use subtle::ConstantTimeEq;
 use super::AuthError;
 
 pub const MECHANISM: &str = "SCRAM-SHA-256";
+pub const MECHANISM_PLUS: &str = "SCRAM-SHA-256-PLUS";
+const END_POINT: &str = "tls-server-end-point";
+
+/// What the connection offers for channel binding.
+#[derive(Debug, Clone, Copy)]
+pub enum Binding<'a> {
+    /// Plain TCP: SCRAM-SHA-256 only.
+    Unavailable,
+    /// TLS: both mechanisms were offered; `plus` is the client's choice and
+    /// `end_point` the hash of the certificate its handshake used.
+    Tls { plus: bool, end_point: &'a [u8] },
+}
 
 /// The parts of a verifier an exchange needs.
 #[derive(Clone)]
@@ -37,23 +51,44 @@ impl ScramKeys {
 /// An exchange after the server-first message was sent.
 pub struct Exchange {
     keys: ScramKeys,
-    gs2_header: String,
+    /// What `c=` must decode to: the GS2 header, then any channel binding data.
+    binding: Vec<u8>,
     nonce: String,
     client_first_bare: String,
     server_first: String,
 }
 
 /// Handles `client-first-message`; returns the exchange and `server-first-message`.
-pub fn server_first(keys: ScramKeys, client_first: &[u8]) -> Result<(Exchange, String), AuthError> {
+pub fn server_first(
+    keys: ScramKeys,
+    client_first: &[u8],
+    offered: Binding<'_>,
+) -> Result<(Exchange, String), AuthError> {
     let msg = std::str::from_utf8(client_first).map_err(|_| AuthError::Malformed("not UTF-8"))?;
     let (cbind, rest) = msg
         .split_once(',')
         .ok_or(AuthError::Malformed("gs2 header"))?;
-    match cbind {
-        "n" | "y" => {}
-        c if c.starts_with("p=") => return Err(AuthError::ChannelBindingUnsupported),
+    let binding_data = match (cbind, offered) {
+        ("n", Binding::Unavailable | Binding::Tls { plus: false, .. }) => None,
+        ("y", Binding::Unavailable) => None,
+        // RFC 5802: the server offered -PLUS, so a client that could bind but
+        // did not was shown a list without it.
+        ("y", Binding::Tls { plus: false, .. }) => return Err(AuthError::ChannelBindingDowngrade),
+        (
+            c,
+            Binding::Tls {
+                plus: true,
+                end_point,
+            },
+        ) if c.strip_prefix("p=") == Some(END_POINT) => Some(end_point),
+        (c, _) if c.starts_with("p=") => return Err(AuthError::ChannelBindingUnsupported),
+        (_, Binding::Tls { plus: true, .. }) => {
+            return Err(AuthError::Malformed(
+                "SCRAM-SHA-256-PLUS without tls-server-end-point binding",
+            ));
+        }
         _ => return Err(AuthError::Malformed("channel binding flag")),
-    }
+    };
     let (authzid, bare) = rest
         .split_once(',')
         .ok_or(AuthError::Malformed("gs2 header"))?;
@@ -77,10 +112,11 @@ pub fn server_first(keys: ScramKeys, client_first: &[u8]) -> Result<(Exchange, S
         STANDARD.encode(&keys.salt),
         keys.iterations
     );
-    let gs2_header = format!("{cbind},{authzid},");
+    let mut binding = format!("{cbind},{authzid},").into_bytes();
+    binding.extend_from_slice(binding_data.unwrap_or_default());
     let exchange = Exchange {
         keys,
-        gs2_header,
+        binding,
         nonce,
         client_first_bare: bare.to_owned(),
         server_first: server_first.clone(),
@@ -101,7 +137,8 @@ impl Exchange {
             .next()
             .and_then(|a| a.strip_prefix("c="))
             .ok_or(AuthError::Malformed("channel binding"))?;
-        if STANDARD.decode(cbind).ok().as_deref() != Some(self.gs2_header.as_bytes()) {
+        let sent = STANDARD.decode(cbind).unwrap_or_default();
+        if !bool::from(sent.ct_eq(&self.binding)) {
             return Err(AuthError::Malformed("channel binding data"));
         }
         if attrs.next().and_then(|a| a.strip_prefix("r=")) != Some(self.nonce.as_str()) {
@@ -168,7 +205,7 @@ mod tests {
     /// Runs a whole exchange with rust-postgres's client implementation.
     fn run(keys: ScramKeys, password: &str) -> Result<(), AuthError> {
         let mut client = ScramSha256::new(password.as_bytes(), ChannelBinding::unsupported());
-        let (exchange, server_first) = server_first(keys, client.message())?;
+        let (exchange, server_first) = server_first(keys, client.message(), Binding::Unavailable)?;
         client.update(server_first.as_bytes()).unwrap();
         let server_final = exchange.finish(client.message())?;
         client
@@ -220,11 +257,65 @@ mod tests {
         ];
         for msg in bad {
             assert!(
-                server_first(keys_for("p"), msg).is_err(),
+                server_first(keys_for("p"), msg, Binding::Unavailable).is_err(),
                 "{msg:?} accepted"
             );
         }
-        let (exchange, _) = server_first(keys_for("p"), b"n,,n=,r=abc").unwrap();
+        let (exchange, _) =
+            server_first(keys_for("p"), b"n,,n=,r=abc", Binding::Unavailable).unwrap();
         assert!(exchange.finish(b"c=biws,r=wrong,p=AAAA").is_err());
+    }
+
+    /// A -PLUS exchange with rust-postgres's client, binding to `client_sees`
+    /// while the server's certificate hashes to `server_has`.
+    fn run_plus(client_sees: &[u8], server_has: &[u8]) -> Result<(), AuthError> {
+        let mut client = ScramSha256::new(
+            b"pw",
+            ChannelBinding::tls_server_end_point(client_sees.to_vec()),
+        );
+        let offered = Binding::Tls {
+            plus: true,
+            end_point: server_has,
+        };
+        let (exchange, first) = server_first(keys_for("pw"), client.message(), offered)?;
+        client.update(first.as_bytes()).unwrap();
+        exchange.finish(client.message()).map(drop)
+    }
+
+    #[test]
+    fn channel_binding_must_match_the_certificate() {
+        assert_eq!(run_plus(&[1; 32], &[1; 32]), Ok(()));
+        assert_eq!(
+            run_plus(&[1; 32], &[2; 32]),
+            Err(AuthError::Malformed("channel binding data"))
+        );
+    }
+
+    #[test]
+    fn binding_flags_are_checked_against_what_was_offered() {
+        let tls = |plus| Binding::Tls {
+            plus,
+            end_point: &[7; 32],
+        };
+        let first = |msg: &[u8], offered| server_first(keys_for("p"), msg, offered).map(drop);
+        assert_eq!(first(b"n,,n=,r=a", tls(false)), Ok(()));
+        assert_eq!(first(b"y,,n=,r=a", Binding::Unavailable), Ok(()));
+        assert_eq!(
+            first(b"y,,n=,r=a", tls(false)),
+            Err(AuthError::ChannelBindingDowngrade)
+        );
+        assert_eq!(
+            first(b"p=tls-server-end-point,,n=,r=a", Binding::Unavailable),
+            Err(AuthError::ChannelBindingUnsupported)
+        );
+        assert_eq!(
+            first(b"p=tls-unique,,n=,r=a", tls(true)),
+            Err(AuthError::ChannelBindingUnsupported)
+        );
+        assert!(
+            first(b"n,,n=,r=a", tls(true)).is_err(),
+            "-PLUS without binding"
+        );
+        assert!(first(b"p=tls-server-end-point,,n=,r=a", tls(true)).is_ok());
     }
 }

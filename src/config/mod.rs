@@ -20,6 +20,8 @@ use std::time::Duration;
 pub use raw::PoolMode;
 pub use secret::Secret;
 
+use crate::tls::{ClientTls, ServerTls};
+
 /// One problem in the file, located.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ConfigError {
@@ -67,6 +69,8 @@ impl fmt::Display for ConfigErrors {
 #[derive(Debug)]
 pub struct Config {
     pub listen: String,
+    /// TLS for clients, with the certificate loaded.
+    pub tls: ClientTls,
     pub limits: Limits,
     /// Name of the setting that carries the tenant id, e.g. `app.current_tenant`.
     pub tenant_setting: String,
@@ -101,6 +105,7 @@ pub struct Cluster {
     pub connect_timeout: Duration,
     pub max_server_connections: u32,
     pub server_idle_timeout: Duration,
+    pub tls: ServerTls,
 }
 
 // The backend password must never reach a log line.
@@ -112,6 +117,7 @@ impl fmt::Debug for Cluster {
             .field("port", &self.port)
             .field("database", &self.database)
             .field("user", &self.user)
+            .field("tls", &self.tls.mode)
             .finish_non_exhaustive()
     }
 }

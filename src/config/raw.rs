@@ -7,12 +7,16 @@ use serde::Deserialize;
 use serde_saphyr::Spanned;
 
 use super::values::{Dur, Name};
+use crate::tls::{ClientTlsMode, ServerTlsMode};
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawConfig {
     /// Address the proxy accepts clients on, `host:port`.
     pub listen: Spanned<String>,
+    /// TLS for client connections.
+    #[serde(default)]
+    pub tls: RawClientTls,
     /// Protective limits on client connections.
     #[serde(default)]
     pub limits: RawLimits,
@@ -36,6 +40,34 @@ pub struct RawConfig {
 fn default_context_setting() -> Spanned<String> {
     let loc = serde_saphyr::Location::UNKNOWN;
     Spanned::new("app.current_tenant".to_owned(), loc, loc)
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct RawClientTls {
+    /// `disable`, `allow` (TLS when the client asks) or `require`.
+    #[serde(default)]
+    pub mode: Option<Spanned<ClientTlsMode>>,
+    /// PEM certificate chain, the server's certificate first.
+    #[serde(default)]
+    pub cert_file: Option<Spanned<String>>,
+    /// PEM private key of that certificate.
+    #[serde(default)]
+    pub key_file: Option<Spanned<String>>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct RawServerTls {
+    /// `disable`, `prefer`, `require`, `verify-ca` or `verify-full`, as libpq's sslmode.
+    #[serde(default)]
+    pub mode: Option<Spanned<ServerTlsMode>>,
+    /// PEM file of the CA certificates that sign PostgreSQL's certificate.
+    #[serde(default)]
+    pub ca_file: Option<Spanned<String>>,
+    /// Name checked against the certificate under verify-full; defaults to `host`.
+    #[serde(default)]
+    pub server_name: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -130,6 +162,9 @@ pub struct RawCluster {
     /// Idle server connections above a pool's minimum are closed after this long.
     #[serde(default = "default_idle_timeout")]
     pub server_idle_timeout: Dur,
+    /// TLS on the proxy's connections to this cluster.
+    #[serde(default)]
+    pub tls: RawServerTls,
 }
 
 fn default_port() -> u16 {

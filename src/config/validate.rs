@@ -5,12 +5,15 @@ use std::sync::Arc;
 
 use serde_saphyr::{Location, Spanned};
 
-use super::raw::{RawCluster, RawConfig, RawTenant, RawTier, Status};
+use std::path::Path;
+
+use super::raw::{RawClientTls, RawCluster, RawConfig, RawServerTls, RawTenant, RawTier, Status};
 use super::values::{is_identifier, is_setting_name, is_tenant_id};
 use super::{
     Cluster, Config, ConfigError, ConfigErrors, Limits, Secret, SharedUser, Tenant, TenantUser,
     Tier,
 };
+use crate::tls::{ClientTls, ClientTlsMode, ServerTls};
 
 struct Errors(Vec<ConfigError>);
 
@@ -138,6 +141,7 @@ pub(super) fn validate(
         tenants.insert(id.value.clone(), Arc::new(tenant));
     }
 
+    let tls = client_tls(&mut errs, &raw.tls);
     check_cluster_capacity(&mut errs, &raw, &clusters, &tiers, &tenants);
 
     if !errs.0.is_empty() {
@@ -145,6 +149,7 @@ pub(super) fn validate(
     }
     Ok(Config {
         listen: raw.listen.value,
+        tls,
         limits: Limits {
             login_timeout: raw.limits.login_timeout.0,
             max_startup_packet_size: raw.limits.max_startup_packet_size,
@@ -224,9 +229,12 @@ fn cluster(
             "must not be empty",
         );
     }
+    let host = expand(errs, &format!("{path}.host"), &c.host, env);
+    let tls = server_tls(errs, &path, &host, &c.tls);
     Cluster {
         name: name.to_owned(),
-        host: expand(errs, &format!("{path}.host"), &c.host, env),
+        host,
+        tls,
         port: c.port,
         database: c.database.value.clone(),
         user: expand(errs, &format!("{path}.user"), &c.user, env),
@@ -237,6 +245,62 @@ fn cluster(
         connect_timeout: c.connect_timeout.0,
         max_server_connections: c.max_server_connections.value,
         server_idle_timeout: c.server_idle_timeout.0,
+    }
+}
+
+fn server_tls(errs: &mut Errors, path: &str, host: &str, raw: &RawServerTls) -> ServerTls {
+    let Some(mode) = &raw.mode else {
+        return ServerTls::disabled();
+    };
+    let name = raw.server_name.as_ref().map_or(host, |n| n.value.as_str());
+    let ca_file = raw.ca_file.as_ref().map(|f| Path::new(&f.value));
+    ServerTls::new(mode.value, name, ca_file).unwrap_or_else(|e| {
+        let at = match (&raw.ca_file, &raw.server_name) {
+            (Some(f), _) if e.contains(&f.value) => (format!("{path}.tls.ca_file"), f.referenced),
+            (_, Some(n)) if e.contains(&n.value) => {
+                (format!("{path}.tls.server_name"), n.referenced)
+            }
+            _ => (format!("{path}.tls.mode"), mode.referenced),
+        };
+        errs.at(at.0, at.1, e);
+        ServerTls::disabled()
+    })
+}
+
+/// The listener's TLS: certificate and key are loaded now, so a bad file is
+/// refused with the config.
+fn client_tls(errs: &mut Errors, raw: &RawClientTls) -> ClientTls {
+    let mode = raw
+        .mode
+        .as_ref()
+        .map_or(ClientTlsMode::Disable, |m| m.value);
+    let at = raw
+        .mode
+        .as_ref()
+        .map_or(Location::UNKNOWN, |m| m.referenced);
+    match (&raw.cert_file, &raw.key_file) {
+        (Some(cert), Some(key)) => {
+            ClientTls::load(mode, Path::new(&cert.value), Path::new(&key.value)).unwrap_or_else(
+                |e| {
+                    let (path, at) = if e.contains(&key.value) && !e.contains(&cert.value) {
+                        ("tls.key_file", key.referenced)
+                    } else {
+                        ("tls.cert_file", cert.referenced)
+                    };
+                    errs.at(path, at, e);
+                    ClientTls::disabled()
+                },
+            )
+        }
+        (None, None) if mode == ClientTlsMode::Disable => ClientTls::disabled(),
+        _ => {
+            errs.at(
+                "tls",
+                at,
+                "tls needs both cert_file and key_file (PEM files) unless mode is disable",
+            );
+            ClientTls::disabled()
+        }
     }
 }
 

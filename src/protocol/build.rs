@@ -124,6 +124,11 @@ pub fn terminate(buf: &mut BytesMut) {
 }
 
 /// A CancelRequest (frontend), sent on a fresh connection to the server.
+pub fn ssl_request(buf: &mut BytesMut) {
+    buf.put_i32(8);
+    buf.put_i32(super::startup::SSL_REQUEST_CODE);
+}
+
 pub fn cancel_request(buf: &mut BytesMut, process_id: i32, secret: i32) {
     buf.put_i32(16);
     buf.put_i32(super::startup::CANCEL_REQUEST_CODE);

@@ -9,8 +9,9 @@ use postgres_protocol::message::frontend;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use super::{CancelTarget, Server, ServerError};
+use super::{CancelTarget, Server, ServerError, ServerStream};
 use crate::config::Cluster;
+use crate::protocol::build;
 
 /// Opens, authenticates and readies one server connection within the cluster's
 /// `connect_timeout`. Cancel-safe: dropping the future just drops the socket.
@@ -22,7 +23,7 @@ pub async fn connect(cluster: &Cluster) -> Result<Server, ServerError> {
 
 async fn connect_inner(cluster: &Cluster) -> Result<Server, ServerError> {
     let addr = format!("{}:{}", cluster.host, cluster.port);
-    let mut stream = TcpStream::connect(&addr)
+    let stream = TcpStream::connect(&addr)
         .await
         .map_err(|source| ServerError::Connect {
             addr: addr.clone(),
@@ -30,6 +31,7 @@ async fn connect_inner(cluster: &Cluster) -> Result<Server, ServerError> {
         })?;
     stream.set_nodelay(true)?;
     let peer = stream.peer_addr()?;
+    let mut stream = negotiate_tls(stream, cluster).await?;
 
     let mut out = BytesMut::new();
     let params = [
@@ -39,7 +41,7 @@ async fn connect_inner(cluster: &Cluster) -> Result<Server, ServerError> {
         ("client_encoding", "UTF8"),
     ];
     frontend::startup_message(params.iter().copied(), &mut out)?;
-    stream.write_all(&out).await?;
+    stream.send(&out).await?;
 
     let mut conn = Reader {
         stream: &mut stream,
@@ -79,6 +81,38 @@ async fn connect_inner(cluster: &Cluster) -> Result<Server, ServerError> {
     ))
 }
 
+/// Asks for TLS when the cluster's mode wants it (an SSLRequest, then the
+/// handshake on `S`). One byte is read, so nothing sent in the clear before the
+/// handshake can be taken for part of it.
+async fn negotiate_tls(mut tcp: TcpStream, cluster: &Cluster) -> Result<ServerStream, ServerError> {
+    if !cluster.tls.requested() {
+        return Ok(ServerStream::Plain(tcp));
+    }
+    let mut out = BytesMut::new();
+    build::ssl_request(&mut out);
+    tcp.write_all(&out).await?;
+    let mut answer = [0u8; 1];
+    tcp.read_exact(&mut answer).await?;
+    match answer[0] {
+        b'S' => {
+            let tls = cluster
+                .tls
+                .connect(tcp)
+                .await
+                .map_err(|e| ServerError::Tls(e.to_string()))?;
+            Ok(ServerStream::Tls(Box::new(tls)))
+        }
+        b'N' if !cluster.tls.required() => Ok(ServerStream::Plain(tcp)),
+        b'N' => Err(ServerError::Tls(format!(
+            "the server does not accept TLS (tls.mode is {:?})",
+            cluster.tls.mode
+        ))),
+        _ => Err(ServerError::Protocol(
+            "unexpected answer to SSLRequest".into(),
+        )),
+    }
+}
+
 async fn authenticate(conn: &mut Reader<'_>, cluster: &Cluster) -> Result<(), ServerError> {
     let password = cluster.password.as_deref().map(str::as_bytes);
     let mut out = BytesMut::new();
@@ -108,7 +142,7 @@ async fn authenticate(conn: &mut Reader<'_>, cluster: &Cluster) -> Result<(), Se
         Message::ErrorResponse(e) => return Err(server_error(&e)),
         _ => return Err(ServerError::UnsupportedAuth("requested by the server")),
     }
-    conn.stream.write_all(&out).await?;
+    conn.stream.send(&out).await?;
     expect_auth_ok(conn).await
 }
 
@@ -116,7 +150,7 @@ async fn scram(conn: &mut Reader<'_>, password: &[u8]) -> Result<(), ServerError
     let mut scram = ScramSha256::new(password, ChannelBinding::unsupported());
     let mut out = BytesMut::new();
     frontend::sasl_initial_response(SCRAM_SHA_256, scram.message(), &mut out)?;
-    conn.stream.write_all(&out).await?;
+    conn.stream.send(&out).await?;
     match conn.next().await? {
         Message::AuthenticationSaslContinue(body) => scram.update(body.data())?,
         Message::ErrorResponse(e) => return Err(server_error(&e)),
@@ -124,7 +158,7 @@ async fn scram(conn: &mut Reader<'_>, password: &[u8]) -> Result<(), ServerError
     }
     out.clear();
     frontend::sasl_response(scram.message(), &mut out)?;
-    conn.stream.write_all(&out).await?;
+    conn.stream.send(&out).await?;
     match conn.next().await? {
         Message::AuthenticationSaslFinal(body) => scram.finish(body.data())?,
         Message::ErrorResponse(e) => return Err(server_error(&e)),
@@ -143,7 +177,7 @@ async fn expect_auth_ok(conn: &mut Reader<'_>) -> Result<(), ServerError> {
 
 /// Reads whole backend messages during login, where speed does not matter.
 pub(super) struct Reader<'a> {
-    pub stream: &'a mut TcpStream,
+    pub stream: &'a mut ServerStream,
     pub buf: BytesMut,
 }
 

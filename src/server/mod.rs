@@ -5,6 +5,7 @@
 
 mod connect;
 mod query;
+mod stream;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -12,12 +13,12 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
 use tokio::io::Interest;
-use tokio::net::TcpStream;
 
 use crate::prepared::ServerStatements;
 use crate::tenant::context::TenantContext;
 
 pub use connect::connect;
+pub use stream::ServerStream;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
@@ -34,6 +35,8 @@ pub enum ServerError {
     UnsupportedAuth(&'static str),
     #[error("the cluster's password is needed for {0} authentication")]
     PasswordNeeded(&'static str),
+    #[error("TLS: {0}")]
+    Tls(String),
     #[error("protocol error from server: {0}")]
     Protocol(String),
     #[error(transparent)]
@@ -51,7 +54,7 @@ pub struct CancelTarget {
 static NEXT_ID: AtomicU64 = AtomicU64::new(1);
 
 pub struct Server {
-    pub stream: TcpStream,
+    pub stream: ServerStream,
     /// Proxy-wide id, for logs.
     pub id: u64,
     pub cancel: CancelTarget,
@@ -69,7 +72,7 @@ pub struct Server {
 }
 
 impl Server {
-    fn new(stream: TcpStream, cancel: CancelTarget, params: Vec<(String, String)>) -> Server {
+    fn new(stream: ServerStream, cancel: CancelTarget, params: Vec<(String, String)>) -> Server {
         Server {
             stream,
             id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
@@ -88,7 +91,8 @@ impl Server {
     /// zero-byte read is EOF. Checking costs a syscall only when tokio already saw
     /// the socket become readable.
     pub fn looks_alive(&self) -> bool {
-        let readable = match self.stream.try_io(Interest::READABLE, || Ok(())) {
+        let tcp = self.stream.tcp();
+        let readable = match tcp.try_io(Interest::READABLE, || Ok(())) {
             Ok(()) => true,
             Err(e) => e.kind() != std::io::ErrorKind::WouldBlock,
         };
@@ -96,6 +100,6 @@ impl Server {
             return true;
         }
         let mut probe = [0u8; 1];
-        matches!(self.stream.try_read(&mut probe), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock)
+        matches!(tcp.try_read(&mut probe), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock)
     }
 }

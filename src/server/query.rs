@@ -3,7 +3,6 @@
 
 use bytes::BytesMut;
 use postgres_protocol::message::backend::Message;
-use tokio::io::AsyncWriteExt;
 
 use super::connect::{Reader, server_error};
 use super::{Server, ServerError};
@@ -18,7 +17,7 @@ impl Server {
     ) -> Result<Vec<Vec<Option<String>>>, ServerError> {
         let mut out = BytesMut::new();
         build::query(&mut out, sql);
-        self.stream.write_all(&out).await?;
+        self.stream.send(&out).await?;
         collect_rows(&mut Reader {
             stream: &mut self.stream,
             buf: BytesMut::new(),

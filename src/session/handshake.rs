@@ -1,14 +1,29 @@
-//! The first packets of a connection, before authentication: SSL and GSSAPI
-//! encryption requests (answered `N` for now), then a StartupMessage or a
-//! CancelRequest. Length-checked before anything is allocated.
+//! The first packets of a connection, before authentication: TLS (after an
+//! SSLRequest, or at once for PostgreSQL 17's direct TLS), a GSSAPI encryption
+//! request (declined), then a StartupMessage or a CancelRequest. Length-checked
+//! before anything is allocated.
 
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use std::sync::Arc;
 
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
+use tokio::net::TcpStream;
+use tokio_rustls::server::TlsStream;
+
+use super::io::send;
 use crate::protocol::startup::{self, Initial, StartupError, StartupMessage};
+use crate::tls::{ALPN, ClientTls};
+
+/// The first byte of a TLS ClientHello record; a length word never starts so.
+const TLS_HANDSHAKE: u8 = 0x16;
 
 pub enum Handshake {
-    Startup(StartupMessage),
-    Cancel { process_id: i32, secret: Vec<u8> },
+    Plain(TcpStream, StartupMessage),
+    /// With the `tls-server-end-point` data of the certificate this handshake used.
+    Tls(Box<TlsStream<TcpStream>>, StartupMessage, Arc<[u8]>),
+    Cancel {
+        process_id: i32,
+        secret: Vec<u8>,
+    },
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -17,36 +32,99 @@ pub enum HandshakeError {
     Startup(#[from] StartupError),
     #[error("client sent more than two encryption requests")]
     TooManyRequests,
+    #[error("direct TLS connection, but TLS is not configured")]
+    TlsOff,
+    #[error("TLS handshake failed: {0}")]
+    Tls(std::io::Error),
+    #[error("direct TLS connection without ALPN \"postgresql\"")]
+    NoAlpn,
+    #[error("encryption request inside TLS")]
+    RequestInsideTls,
     #[error(transparent)]
     Io(#[from] std::io::Error),
 }
 
-/// Reads packets until a StartupMessage or CancelRequest arrives.
-pub async fn handshake<S: AsyncRead + AsyncWrite + Unpin>(
-    stream: &mut S,
+/// Reads packets until a StartupMessage or CancelRequest arrives, switching to
+/// TLS when asked and configured.
+pub async fn handshake(
+    mut tcp: TcpStream,
+    tls: &ClientTls,
     max_len: usize,
 ) -> Result<Handshake, HandshakeError> {
+    let mut first = [0u8; 1];
+    if tcp.peek(&mut first).await? == 0 {
+        return Err(std::io::Error::from(std::io::ErrorKind::UnexpectedEof).into());
+    }
+    if first[0] == TLS_HANDSHAKE {
+        let listener = tls.listener().ok_or(HandshakeError::TlsOff)?;
+        let stream = listener
+            .acceptor
+            .accept(tcp)
+            .await
+            .map_err(HandshakeError::Tls)?;
+        // PostgreSQL requires ALPN here, so a TLS connection meant for another
+        // protocol is not taken for a PostgreSQL one.
+        if stream.get_ref().1.alpn_protocol() != Some(ALPN) {
+            return Err(HandshakeError::NoAlpn);
+        }
+        return after_tls(stream, &listener.end_point, max_len).await;
+    }
     // A client may ask for SSL, then for GSSAPI (or the reverse), before starting.
     for _ in 0..3 {
-        let mut len = [0u8; 4];
-        stream.read_exact(&mut len).await?;
-        let mut body = vec![0u8; startup::body_len(len, max_len)?];
-        stream.read_exact(&mut body).await?;
-        match startup::parse(&body)? {
-            Initial::SslRequest | Initial::GssEncRequest => stream.write_all(b"N").await?,
+        match read_initial(&mut tcp, max_len).await? {
+            Initial::SslRequest => match tls.listener() {
+                Some(listener) => {
+                    // Packets are read exactly, so bytes sent after the request in
+                    // the clear go into the handshake and fail it, never into the session.
+                    send(&mut tcp, b"S").await?;
+                    let stream = listener
+                        .acceptor
+                        .accept(tcp)
+                        .await
+                        .map_err(HandshakeError::Tls)?;
+                    return after_tls(stream, &listener.end_point, max_len).await;
+                }
+                None => send(&mut tcp, b"N").await?,
+            },
+            Initial::GssEncRequest => send(&mut tcp, b"N").await?,
             Initial::Cancel { process_id, secret } => {
                 return Ok(Handshake::Cancel { process_id, secret });
             }
-            Initial::Startup(msg) => return Ok(Handshake::Startup(msg)),
+            Initial::Startup(msg) => return Ok(Handshake::Plain(tcp, msg)),
         }
     }
     Err(HandshakeError::TooManyRequests)
+}
+
+async fn after_tls(
+    mut stream: TlsStream<TcpStream>,
+    end_point: &Arc<[u8]>,
+    max_len: usize,
+) -> Result<Handshake, HandshakeError> {
+    match read_initial(&mut stream, max_len).await? {
+        Initial::Startup(msg) => Ok(Handshake::Tls(Box::new(stream), msg, Arc::clone(end_point))),
+        Initial::Cancel { process_id, secret } => Ok(Handshake::Cancel { process_id, secret }),
+        Initial::SslRequest | Initial::GssEncRequest => Err(HandshakeError::RequestInsideTls),
+    }
+}
+
+/// One length-prefixed packet, its length checked before the body is allocated.
+async fn read_initial<S: AsyncRead + AsyncWrite + Unpin>(
+    stream: &mut S,
+    max_len: usize,
+) -> Result<Initial, HandshakeError> {
+    let mut len = [0u8; 4];
+    stream.read_exact(&mut len).await?;
+    let mut body = vec![0u8; startup::body_len(len, max_len)?];
+    stream.read_exact(&mut body).await?;
+    Ok(startup::parse(&body)?)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::protocol::startup::{PROTOCOL_3_0, SSL_REQUEST_CODE};
+    use tokio::io::AsyncWriteExt;
 
     fn packet(code: i32, rest: &[u8]) -> Vec<u8> {
         let mut p = ((rest.len() + 8) as i32).to_be_bytes().to_vec();
@@ -55,13 +133,25 @@ mod tests {
         p
     }
 
+    /// A connected pair of loopback sockets: (client, proxy side).
+    async fn pair() -> (TcpStream, TcpStream) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let client = TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        (client, listener.accept().await.unwrap().0)
+    }
+
     #[tokio::test]
-    async fn ssl_request_is_declined_then_startup_read() {
-        let (mut client, mut proxy) = tokio::io::duplex(1024);
+    async fn ssl_request_is_declined_without_tls_then_startup_read() {
+        let (mut client, proxy) = pair().await;
         let mut bytes = packet(SSL_REQUEST_CODE, b"");
         bytes.extend(packet(PROTOCOL_3_0, b"user\0u\0\0"));
         client.write_all(&bytes).await.unwrap();
-        let Handshake::Startup(m) = handshake(&mut proxy, 10_000).await.unwrap() else {
+        let Handshake::Plain(_, m) = handshake(proxy, &ClientTls::disabled(), 10_000)
+            .await
+            .unwrap()
+        else {
             panic!()
         };
         assert_eq!(m.user(), "u");
@@ -71,17 +161,20 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn oversized_and_garbage_packets_are_refused() {
+    async fn oversized_garbage_and_tls_without_a_certificate_are_refused() {
         for bytes in [
             vec![0x7f, 0xff, 0xff, 0xff],
             b"GET / HTTP/1.1\r\n\r\n".to_vec(),
             vec![0, 0, 0, 2],
+            vec![TLS_HANDSHAKE, 3, 1, 0, 5, 1, 2, 3, 4, 5],
         ] {
-            let (mut client, mut proxy) = tokio::io::duplex(1024);
+            let (mut client, proxy) = pair().await;
             client.write_all(&bytes).await.unwrap();
             drop(client);
             assert!(
-                handshake(&mut proxy, 10_000).await.is_err(),
+                handshake(proxy, &ClientTls::disabled(), 10_000)
+                    .await
+                    .is_err(),
                 "{bytes:?} accepted"
             );
         }

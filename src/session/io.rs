@@ -46,6 +46,13 @@ pub async fn read_message<S: AsyncRead + Unpin>(
     Ok((tag, msg))
 }
 
+/// Writes all of `bytes` and flushes: TLS may keep the tail of a write buffered
+/// when the socket is full. On plain TCP the flush is a no-op.
+pub async fn send<S: AsyncWrite + Unpin>(stream: &mut S, bytes: &[u8]) -> std::io::Result<()> {
+    stream.write_all(bytes).await?;
+    stream.flush().await
+}
+
 /// Writes a client-facing error. The one way errors reach clients.
 pub async fn send_error<S: AsyncWrite + Unpin>(
     stream: &mut S,
@@ -53,7 +60,7 @@ pub async fn send_error<S: AsyncWrite + Unpin>(
 ) -> std::io::Result<()> {
     let mut buf = BytesMut::new();
     err.encode(&mut buf);
-    stream.write_all(&buf).await
+    send(stream, &buf).await
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -5,9 +5,9 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::{Buf, BytesMut};
-use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncWrite};
 
-use super::io::{SessionIoError, read_message};
+use super::io::{SessionIoError, read_message, send};
 use super::settings::{self, Settings};
 use super::{ClientSlot, Deps};
 use crate::auth::{self, AuthError, scram};
@@ -66,6 +66,7 @@ pub async fn login<S: AsyncRead + AsyncWrite + Unpin>(
     startup: &StartupMessage,
     deps: &Deps,
     cancel_key: (i32, &[u8]),
+    end_point: Option<&[u8]>,
 ) -> Result<LoggedIn, LoginError> {
     let mut out = BytesMut::new();
     if startup.needs_negotiation() {
@@ -74,7 +75,7 @@ pub async fn login<S: AsyncRead + AsyncWrite + Unpin>(
             startup.protocol_minor(),
             &startup.protocol_options,
         );
-        stream.write_all(&out).await?;
+        send(stream, &out).await?;
         out.clear();
     }
     if startup
@@ -93,6 +94,7 @@ pub async fn login<S: AsyncRead + AsyncWrite + Unpin>(
         user,
         credential.as_ref().map(|c| c.secret),
         &deps.mock_seed,
+        end_point,
     )
     .await
     .map_err(|e| {
@@ -141,7 +143,7 @@ pub async fn login<S: AsyncRead + AsyncWrite + Unpin>(
     }
     build::backend_key_data(&mut out, cancel_key.0, cancel_key.1);
     build::ready_for_query(&mut out, TxStatus::Idle);
-    stream.write_all(&out).await?;
+    send(stream, &out).await?;
 
     let context = Arc::clone(&runtime.contexts[&tenant.id]);
     Ok(LoggedIn {
@@ -192,6 +194,7 @@ async fn authenticate<S: AsyncRead + AsyncWrite + Unpin>(
     user: &str,
     secret: Option<&Secret>,
     mock_seed: &[u8; 32],
+    end_point: Option<&[u8]>,
 ) -> Result<(), LoginError> {
     let keys = match secret {
         Some(Secret::Md5 { hash }) => return md5(stream, buf, hash).await,
@@ -209,26 +212,47 @@ async fn authenticate<S: AsyncRead + AsyncWrite + Unpin>(
         None => scram::ScramKeys::mock(mock_seed, user),
     };
     let mut out = BytesMut::new();
-    build::authentication_sasl(&mut out, &[scram::MECHANISM]);
-    stream.write_all(&out).await?;
+    let mechanisms: &[&str] = match end_point {
+        Some(_) => &[scram::MECHANISM_PLUS, scram::MECHANISM],
+        None => &[scram::MECHANISM],
+    };
+    build::authentication_sasl(&mut out, mechanisms);
+    send(stream, &out).await?;
 
     let mut initial = password_message(stream, buf).await?;
     let (mechanism, rest) =
         read_cstr(&initial).ok_or(refused(AuthError::Malformed("SASL mechanism")))?;
-    if mechanism != scram::MECHANISM.as_bytes() || rest.len() < 4 {
-        return Err(refused(AuthError::Malformed("SASL mechanism")));
+    let offered = match end_point {
+        Some(end_point) if mechanisms.iter().any(|m| m.as_bytes() == mechanism) => {
+            scram::Binding::Tls {
+                plus: mechanism == scram::MECHANISM_PLUS.as_bytes(),
+                end_point,
+            }
+        }
+        None if mechanism == scram::MECHANISM.as_bytes() => scram::Binding::Unavailable,
+        _ => return Err(refused(AuthError::Malformed("SASL mechanism"))),
+    };
+    // The initial response's length word must match what follows it.
+    if rest
+        .get(..4)
+        .map(|l| i32::from_be_bytes(l.try_into().expect("4 bytes")))
+        != Some(rest.len() as i32 - 4)
+    {
+        return Err(refused(AuthError::Malformed(
+            "SASL initial response length",
+        )));
     }
     initial.advance(mechanism.len() + 1 + 4);
-    let (exchange, server_first) = scram::server_first(keys, &initial).map_err(refused)?;
+    let (exchange, server_first) = scram::server_first(keys, &initial, offered).map_err(refused)?;
     out.clear();
     build::authentication_sasl_continue(&mut out, server_first.as_bytes());
-    stream.write_all(&out).await?;
+    send(stream, &out).await?;
 
     let client_final = password_message(stream, buf).await?;
     let server_final = exchange.finish(&client_final).map_err(refused)?;
     out.clear();
     build::authentication_sasl_final(&mut out, server_final.as_bytes());
-    stream.write_all(&out).await?;
+    send(stream, &out).await?;
     Ok(())
 }
 
@@ -240,7 +264,7 @@ async fn md5<S: AsyncRead + AsyncWrite + Unpin>(
     let salt: [u8; 4] = rand::random();
     let mut out = BytesMut::new();
     build::authentication_md5(&mut out, salt);
-    stream.write_all(&out).await?;
+    send(stream, &out).await?;
     let body = password_message(stream, buf).await?;
     auth::md5::verify(hash, salt, &body).map_err(refused)
 }

@@ -1,5 +1,5 @@
 //! One client, from accept to close:
-//! [`handshake`] → [`login`] (authenticate, resolve tenant, greet) → [`relay`]
+//! [`handshake`] (TLS, startup packet) → [`login`] (authenticate, resolve tenant, greet) → [`relay`]
 //! (transactions on pooled servers). A CancelRequest connection ends after
 //! [`cancel`] has forwarded it. Only this module writes to clients.
 
@@ -15,13 +15,18 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use arc_swap::ArcSwap;
+use std::net::SocketAddr;
+
 use bytes::BytesMut;
 use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::TcpStream;
 
-use crate::config::Config;
+use crate::config::{Config, Limits};
 use crate::error::ClientError;
 use crate::pool::Pools;
+use crate::protocol::startup::StartupMessage;
 use crate::tenant::context::TenantContext;
+use crate::tls::ClientTlsMode;
 use cancel::CancelRegistry;
 use handshake::{Handshake, HandshakeError};
 use login::LoginError;
@@ -124,45 +129,95 @@ impl Drop for ClientSlot {
 }
 
 /// Serves one client connection to its end. Errors are logged here, once.
-pub async fn serve<S: AsyncRead + AsyncWrite + Unpin + Send>(
-    mut stream: S,
-    deps: Arc<Deps>,
-    peer: String,
-) {
-    let limits = deps.runtime.load().config.limits.clone();
-    let mut buf = BytesMut::with_capacity(8192);
-    let started = tokio::time::timeout(limits.login_timeout, async {
-        let startup = match handshake::handshake(&mut stream, limits.max_startup_packet_size).await
-        {
-            Ok(Handshake::Startup(startup)) => startup,
-            Ok(Handshake::Cancel { process_id, secret }) => {
-                deps.cancels.cancel(process_id, &secret).await;
-                return None;
-            }
-            Err(HandshakeError::Io(_)) => return None,
-            Err(e) => {
-                tracing::info!(%peer, error = %e, "bad startup packet");
-                let _ = io::send_error(&mut stream, &ClientError::protocol_violation(&e)).await;
-                return None;
-            }
-        };
-        let cancel = deps.cancels.register(startup.cancel_key_len());
-        let key = (cancel.slot.process_id, cancel.slot.secret());
-        match login::login(&mut stream, &mut buf, &startup, &deps, key).await {
-            Ok(client) => Some((client, cancel)),
-            Err(LoginError::Refused(e)) => {
-                let _ = io::send_error(&mut stream, &e).await;
-                None
-            }
-            Err(LoginError::Io(e)) => {
-                tracing::debug!(%peer, error = %e, "client left during login");
-                None
-            }
-        }
-    })
+pub async fn serve(tcp: TcpStream, deps: Arc<Deps>, peer: SocketAddr) {
+    let runtime = deps.runtime.load_full();
+    let config = &runtime.config;
+    let limits = config.limits.clone();
+    // One deadline for encryption, startup and authentication together.
+    let deadline = tokio::time::Instant::now() + limits.login_timeout;
+    let shaken = tokio::time::timeout_at(
+        deadline,
+        handshake::handshake(tcp, &config.tls, limits.max_startup_packet_size),
+    )
     .await;
-    let Ok(Some((client, cancel))) = started else {
-        return;
+    let (stream, startup, end_point) = match shaken {
+        Err(_) => {
+            tracing::debug!(%peer, "no startup packet within login_timeout");
+            return;
+        }
+        Ok(Err(HandshakeError::Io(_))) => return,
+        Ok(Err(e)) => {
+            tracing::info!(%peer, error = %e, "refused a connection before startup");
+            return;
+        }
+        Ok(Ok(Handshake::Cancel { process_id, secret })) => {
+            deps.cancels.cancel(process_id, &secret).await;
+            return;
+        }
+        Ok(Ok(Handshake::Plain(mut stream, startup))) => {
+            if config.tls.mode == ClientTlsMode::Require {
+                tracing::info!(%peer, "refused a client without TLS");
+                let _ = io::send_error(&mut stream, &ClientError::tls_required()).await;
+                return;
+            }
+            drop(runtime);
+            return session(stream, startup, None, deps, peer, deadline, limits).await;
+        }
+        Ok(Ok(Handshake::Tls(stream, startup, end_point))) => (stream, startup, end_point),
+    };
+    drop(runtime);
+    session(
+        *stream,
+        startup,
+        Some(end_point),
+        deps,
+        peer,
+        deadline,
+        limits,
+    )
+    .await;
+}
+
+/// Login, then the relay, on a plain or a TLS stream (one copy of each, so the
+/// plain path pays nothing for TLS).
+async fn session<S: AsyncRead + AsyncWrite + Unpin + Send>(
+    mut stream: S,
+    startup: StartupMessage,
+    end_point: Option<Arc<[u8]>>,
+    deps: Arc<Deps>,
+    peer: SocketAddr,
+    deadline: tokio::time::Instant,
+    limits: Limits,
+) {
+    let mut buf = BytesMut::with_capacity(8192);
+    let cancel = deps.cancels.register(startup.cancel_key_len());
+    let key = (cancel.slot.process_id, cancel.slot.secret());
+    let logged_in = tokio::time::timeout_at(
+        deadline,
+        login::login(
+            &mut stream,
+            &mut buf,
+            &startup,
+            &deps,
+            key,
+            end_point.as_deref(),
+        ),
+    )
+    .await;
+    let client = match logged_in {
+        Ok(Ok(client)) => client,
+        Ok(Err(LoginError::Refused(e))) => {
+            let _ = io::send_error(&mut stream, &e).await;
+            return;
+        }
+        Ok(Err(LoginError::Io(e))) => {
+            tracing::debug!(%peer, error = %e, "client left during login");
+            return;
+        }
+        Err(_) => {
+            tracing::debug!(%peer, "login not finished within login_timeout");
+            return;
+        }
     };
     tracing::debug!(%peer, tenant = %client.tenant.id, "client logged in");
     if let Err(e) = relay::Relay::new(stream, buf, client, cancel, &limits)

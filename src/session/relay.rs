@@ -10,10 +10,10 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::{Buf, BytesMut};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
 
 use super::cancel::CancelGuard;
-use super::io::{SessionIoError, fill_message, send_error};
+use super::io::{SessionIoError, fill_message, send, send_error};
 use super::login::LoggedIn;
 use super::settings::{self, Settings};
 use super::tracker::{Action, Statements, Tracker};
@@ -239,7 +239,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Relay<S> {
     async fn ready_for_query(&mut self) -> Result<(), RelayError> {
         let mut buf = BytesMut::new();
         build::ready_for_query(&mut buf, TxStatus::Idle);
-        self.client.write_all(&buf).await.map_err(client_io)
+        send(&mut self.client, &buf).await.map_err(client_io)
     }
 
     /// Fails the client's next request without a server, as PostgreSQL fails a
@@ -405,7 +405,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Relay<S> {
         if !bytes.is_empty() {
             server
                 .stream
-                .write_all(bytes)
+                .send(bytes)
                 .await
                 .map_err(RelayError::ServerLost)?;
         }
@@ -414,7 +414,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Relay<S> {
         self.cout.clear();
         t.due_fakes(&mut self.cout);
         if !self.cout.is_empty() {
-            self.client.write_all(&self.cout).await.map_err(client_io)?;
+            send(&mut self.client, &self.cout)
+                .await
+                .map_err(client_io)?;
         }
         Ok(terminated)
     }
@@ -490,11 +492,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Relay<S> {
         if edited {
             self.cout.extend_from_slice(&buf[run..consumed]);
             if !self.cout.is_empty() {
-                self.client.write_all(&self.cout).await.map_err(client_io)?;
+                send(&mut self.client, &self.cout)
+                    .await
+                    .map_err(client_io)?;
             }
         } else if consumed > 0 {
-            self.client
-                .write_all(&buf[..consumed])
+            send(&mut self.client, &buf[..consumed])
                 .await
                 .map_err(client_io)?;
         }
@@ -502,7 +505,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Relay<S> {
         if let Some(again) = t.resend() {
             server
                 .stream
-                .write_all(&again)
+                .send(&again)
                 .await
                 .map_err(RelayError::ServerLost)?;
         }
