@@ -79,7 +79,16 @@ impl Proxy {
                 accepted = self.listener.accept() => match accepted {
                     Ok((stream, peer)) => {
                         let _ = stream.set_nodelay(true);
-                        tokio::spawn(session::serve(stream, Arc::clone(&self.deps), peer));
+                        let limit = self.deps.runtime.load().config.limits.max_client_connections;
+                        match self.deps.connections.open(limit) {
+                            Some(slot) => {
+                                tokio::spawn(session::serve(stream, Arc::clone(&self.deps), peer, slot));
+                            }
+                            None => {
+                                tracing::warn!(%peer, limit, "refused a client: max_client_connections reached");
+                                tokio::spawn(session::refuse_full(stream, limit));
+                            }
+                        }
                     }
                     // Out of file descriptors and the like: back off, keep serving.
                     Err(e) => {
@@ -104,6 +113,8 @@ async fn maintain(deps: Arc<Deps>) {
         for (_, pool) in runtime.pools.iter() {
             pool.maintain().await;
         }
+        deps.throttle
+            .sweep(runtime.config.limits.auth_failure_window);
     }
 }
 

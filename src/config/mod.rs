@@ -88,6 +88,9 @@ pub struct Config {
 #[derive(Debug, Clone)]
 pub struct Limits {
     pub login_timeout: Duration,
+    pub max_client_connections: u32,
+    pub max_auth_failures: u32,
+    pub auth_failure_window: Duration,
     pub max_startup_packet_size: usize,
     pub max_message_size: usize,
     pub max_prepared_statements: usize,

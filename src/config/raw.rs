@@ -76,6 +76,16 @@ pub struct RawLimits {
     /// Time a client has to finish the startup and authentication.
     #[serde(default = "default_login_timeout")]
     pub login_timeout: Dur,
+    /// Most client connections open at once, all tenants and logins in progress together.
+    #[serde(default = "default_max_connections")]
+    pub max_client_connections: u32,
+    /// Failed logins from one address (an IPv6 /64) within `auth_failure_window`
+    /// after which its logins are refused until the window ends; 0 turns it off.
+    #[serde(default = "default_auth_failures")]
+    pub max_auth_failures: u32,
+    /// The window `max_auth_failures` is counted over.
+    #[serde(default = "default_auth_window")]
+    pub auth_failure_window: Dur,
     /// Largest startup packet accepted, in bytes.
     #[serde(default = "default_startup_packet")]
     pub max_startup_packet_size: usize,
@@ -94,6 +104,9 @@ impl Default for RawLimits {
     fn default() -> Self {
         RawLimits {
             login_timeout: default_login_timeout(),
+            max_client_connections: default_max_connections(),
+            max_auth_failures: default_auth_failures(),
+            auth_failure_window: default_auth_window(),
             max_startup_packet_size: default_startup_packet(),
             max_message_size: default_max_message(),
             max_prepared_statements: default_server_statements(),
@@ -104,6 +117,15 @@ impl Default for RawLimits {
 
 fn default_login_timeout() -> Dur {
     Dur(std::time::Duration::from_secs(10))
+}
+fn default_max_connections() -> u32 {
+    10_000
+}
+fn default_auth_failures() -> u32 {
+    20
+}
+fn default_auth_window() -> Dur {
+    Dur(std::time::Duration::from_secs(60))
 }
 fn default_startup_packet() -> usize {
     10_000

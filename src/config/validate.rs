@@ -152,6 +152,9 @@ pub(super) fn validate(
         tls,
         limits: Limits {
             login_timeout: raw.limits.login_timeout.0,
+            max_client_connections: raw.limits.max_client_connections,
+            max_auth_failures: raw.limits.max_auth_failures,
+            auth_failure_window: raw.limits.auth_failure_window.0,
             max_startup_packet_size: raw.limits.max_startup_packet_size,
             max_message_size: raw.limits.max_message_size,
             max_prepared_statements: raw.limits.max_prepared_statements,

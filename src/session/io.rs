@@ -63,6 +63,23 @@ pub async fn send_error<S: AsyncWrite + Unpin>(
     send(stream, &buf).await
 }
 
+/// Sends a fatal error and closes so the client reads it: the write side is shut
+/// first and the client's unread bytes are drained (for at most a second), since
+/// closing a socket with unread input resets it and the error would be lost.
+pub async fn close_with_error<S: AsyncRead + AsyncWrite + Unpin>(
+    stream: &mut S,
+    err: &ClientError,
+) {
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(1), async {
+        send_error(stream, err).await?;
+        stream.shutdown().await?;
+        let mut sink = [0u8; 4096];
+        while stream.read(&mut sink).await? > 0 {}
+        Ok::<_, std::io::Error>(())
+    })
+    .await;
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum SessionIoError {
     #[error(transparent)]

@@ -1,6 +1,7 @@
 //! Authentication and tenant resolution, ending with the client's greeting:
 //! `AuthenticationOk`, `ParameterStatus`…, `BackendKeyData`, `ReadyForQuery`.
 
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -67,6 +68,7 @@ pub async fn login<S: AsyncRead + AsyncWrite + Unpin>(
     deps: &Deps,
     cancel_key: (i32, &[u8]),
     end_point: Option<&[u8]>,
+    peer: IpAddr,
 ) -> Result<LoggedIn, LoginError> {
     let mut out = BytesMut::new();
     if startup.needs_negotiation() {
@@ -87,6 +89,12 @@ pub async fn login<S: AsyncRead + AsyncWrite + Unpin>(
     let runtime = deps.runtime.load_full();
     let config = &runtime.config;
     let user = startup.user();
+    let limits = &config.limits;
+    let (max_failures, window) = (limits.max_auth_failures, limits.auth_failure_window);
+    if let Err(left) = deps.throttle.check(peer, max_failures, window) {
+        tracing::warn!(%peer, user, "login refused unchecked: too many failed logins from this address");
+        return Err(ClientError::login_throttled(left).into());
+    }
     let credential = resolve::credential(config, user);
     authenticate(
         stream,
@@ -98,9 +106,12 @@ pub async fn login<S: AsyncRead + AsyncWrite + Unpin>(
     )
     .await
     .map_err(|e| {
-        tracing::info!(user, reason = %e, "authentication failed");
+        tracing::info!(%peer, user, reason = %e, "authentication failed");
         match e {
-            LoginError::Refused(_) => LoginError::Refused(ClientError::auth_failed(user)),
+            LoginError::Refused(_) => {
+                deps.throttle.failed(peer, max_failures, window);
+                LoginError::Refused(ClientError::auth_failed(user))
+            }
             other => other,
         }
     })?;
@@ -273,11 +284,21 @@ async fn password_message<S: AsyncRead + Unpin>(
     stream: &mut S,
     buf: &mut BytesMut,
 ) -> Result<BytesMut, LoginError> {
-    let (tag, body) = read_message(stream, buf, MAX_AUTH_MESSAGE).await?;
+    // An oversized or malformed message fails the login like a wrong password
+    // (and counts toward the address's failures), rather than a silent close.
+    let (tag, body) = match read_message(stream, buf, MAX_AUTH_MESSAGE).await {
+        Ok(message) => message,
+        Err(SessionIoError::Frame(e)) => return Err(refused_frame(e)),
+        Err(e) => return Err(e.into()),
+    };
     if tag != b'p' {
         return Err(refused(AuthError::Malformed("expected a password message")));
     }
     Ok(body)
+}
+
+fn refused_frame(e: crate::protocol::frame::FrameError) -> LoginError {
+    LoginError::Refused(ClientError::protocol_violation(e))
 }
 
 /// The specific reason is only logged; the caller turns it into 28P01.

@@ -9,9 +9,11 @@ mod io;
 mod login;
 mod relay;
 mod settings;
+mod throttle;
 mod tracker;
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 
 use arc_swap::ArcSwap;
@@ -65,6 +67,10 @@ pub struct Deps {
     pub runtime: ArcSwap<Runtime>,
     pub cancels: Arc<CancelRegistry>,
     pub clients: Arc<ClientCounts>,
+    /// Every open client connection, for `limits.max_client_connections`.
+    pub connections: Arc<Connections>,
+    /// Failed logins per source address.
+    pub throttle: throttle::Throttle,
     /// Seeds the stable fake salts of unknown users.
     pub mock_seed: [u8; 32],
 }
@@ -75,9 +81,45 @@ impl Deps {
             runtime: ArcSwap::from_pointee(runtime),
             cancels: Arc::default(),
             clients: Arc::default(),
+            connections: Arc::default(),
+            throttle: Default::default(),
             mock_seed: rand::random(),
         }
     }
+}
+
+/// Open client connections, logins in progress included.
+#[derive(Default)]
+pub struct Connections(AtomicU32);
+
+impl Connections {
+    /// A place for one more connection, unless `limit` are open.
+    pub fn open(self: &Arc<Self>, limit: u32) -> Option<ConnectionSlot> {
+        self.0
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < limit).then_some(n + 1)
+            })
+            .ok()?;
+        Some(ConnectionSlot(Arc::clone(self)))
+    }
+
+    pub fn count(&self) -> u32 {
+        self.0.load(Ordering::Acquire)
+    }
+}
+
+/// One open connection; dropping it frees the place.
+pub struct ConnectionSlot(Arc<Connections>);
+
+impl Drop for ConnectionSlot {
+    fn drop(&mut self) {
+        self.0.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// Tells a connection over `limits.max_client_connections` why it is closed.
+pub async fn refuse_full(mut tcp: TcpStream, limit: u32) {
+    io::close_with_error(&mut tcp, &ClientError::proxy_full(limit)).await;
 }
 
 /// Open client connections per tenant, for `max_client_connections`.
@@ -129,7 +171,7 @@ impl Drop for ClientSlot {
 }
 
 /// Serves one client connection to its end. Errors are logged here, once.
-pub async fn serve(tcp: TcpStream, deps: Arc<Deps>, peer: SocketAddr) {
+pub async fn serve(tcp: TcpStream, deps: Arc<Deps>, peer: SocketAddr, _slot: ConnectionSlot) {
     let runtime = deps.runtime.load_full();
     let config = &runtime.config;
     let limits = config.limits.clone();
@@ -157,7 +199,7 @@ pub async fn serve(tcp: TcpStream, deps: Arc<Deps>, peer: SocketAddr) {
         Ok(Ok(Handshake::Plain(mut stream, startup))) => {
             if config.tls.mode == ClientTlsMode::Require {
                 tracing::info!(%peer, "refused a client without TLS");
-                let _ = io::send_error(&mut stream, &ClientError::tls_required()).await;
+                io::close_with_error(&mut stream, &ClientError::tls_required()).await;
                 return;
             }
             drop(runtime);
@@ -201,13 +243,14 @@ async fn session<S: AsyncRead + AsyncWrite + Unpin + Send>(
             &deps,
             key,
             end_point.as_deref(),
+            peer.ip(),
         ),
     )
     .await;
     let client = match logged_in {
         Ok(Ok(client)) => client,
         Ok(Err(LoginError::Refused(e))) => {
-            let _ = io::send_error(&mut stream, &e).await;
+            io::close_with_error(&mut stream, &e).await;
             return;
         }
         Ok(Err(LoginError::Io(e))) => {

@@ -13,7 +13,7 @@ use bytes::{Buf, BytesMut};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
 
 use super::cancel::CancelGuard;
-use super::io::{SessionIoError, fill_message, send, send_error};
+use super::io::{SessionIoError, close_with_error, fill_message, send, send_error};
 use super::login::LoggedIn;
 use super::settings::{self, Settings};
 use super::tracker::{Action, Statements, Tracker};
@@ -157,7 +157,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Relay<S> {
             _ => None,
         };
         if let Some(e) = shown {
-            let _ = send_error(&mut self.client, &e).await;
+            close_with_error(&mut self.client, &e).await;
         }
         result
     }
