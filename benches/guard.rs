@@ -1,0 +1,72 @@
+//! What the escape guard costs. Every client statement goes through the keyword
+//! scan; only the statements it flags are parsed with PostgreSQL's parser. The
+//! `parse_*` rows show what parsing every statement would cost instead.
+//!
+//! Run: `cargo bench --bench guard`
+
+use std::sync::Arc;
+
+use pgtenant::tenant::guard::{self, Policy};
+use pgtenant::tenant::scan::may_change_session;
+
+fn main() {
+    divan::main();
+}
+
+/// Statements applications send all day, none of which may change the session.
+const ORDINARY: &[(&str, &str)] = &[
+    (
+        "pgbench_select",
+        "SELECT abalance FROM pgbench_accounts WHERE aid = $1;",
+    ),
+    (
+        "orm_insert",
+        "INSERT INTO \"orders\" (\"customer_id\", \"total\", \"created_at\") VALUES ($1, $2, $3) RETURNING \"id\"",
+    ),
+    (
+        "update",
+        "UPDATE pgbench_accounts SET abalance = abalance + $1 WHERE aid = $2",
+    ),
+    (
+        "report_join",
+        "SELECT c.name, sum(o.total) AS revenue, count(*) FILTER (WHERE o.status = 'paid') \
+         FROM customers c JOIN orders o ON o.customer_id = c.id \
+         WHERE o.created_at >= now() - interval '30 days' GROUP BY c.name ORDER BY revenue DESC LIMIT 50",
+    ),
+];
+
+fn policy() -> Policy {
+    Policy {
+        tenant_setting: Arc::from("app.current_tenant"),
+        statement_timeout: None,
+        session: false,
+    }
+}
+
+#[divan::bench(args = ORDINARY)]
+fn scan_ordinary(bencher: divan::Bencher, (_, sql): &(&str, &str)) {
+    bencher.bench(|| may_change_session(divan::black_box(sql.as_bytes())));
+}
+
+#[divan::bench(args = ORDINARY)]
+fn parse_ordinary(bencher: divan::Bencher, (_, sql): &(&str, &str)) {
+    let policy = policy();
+    bencher.bench(|| {
+        let mut custom = Vec::new();
+        guard::classify(divan::black_box(sql), &policy, &mut custom)
+    });
+}
+
+/// A flagged statement pays scan and parse; here, one the guard refuses.
+#[divan::bench]
+fn flagged_escape_attempt(bencher: divan::Bencher) {
+    let policy = policy();
+    let sql = "SELECT 1; SET LOCAL app.current_tenant = 'other'";
+    bencher.bench(|| {
+        let mut custom = Vec::new();
+        may_change_session(sql.as_bytes()) && {
+            guard::classify(divan::black_box(sql), &policy, &mut custom);
+            true
+        }
+    });
+}
