@@ -22,6 +22,22 @@ use tokio::net::TcpStream;
 /// The ALPN protocol PostgreSQL 17 requires on direct TLS connections.
 pub const ALPN: &[u8] = b"postgresql";
 
+/// A TLS setting that cannot be used: the config field it belongs to
+/// (`cert_file`, `key_file`, `ca_file`, `server_name` or `mode`) and why.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{message}")]
+pub struct TlsError {
+    pub field: &'static str,
+    pub message: String,
+}
+
+fn err(field: &'static str, message: impl Into<String>) -> TlsError {
+    TlsError {
+        field,
+        message: message.into(),
+    }
+}
+
 /// What the listener does with TLS.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize, Default)]
 #[serde(rename_all = "lowercase")]
@@ -70,7 +86,7 @@ impl ClientTls {
 
     /// Loads the certificate chain and key now, so a bad file is reported with
     /// the config rather than at the first client.
-    pub fn load(mode: ClientTlsMode, cert: &Path, key: &Path) -> Result<ClientTls, String> {
+    pub fn load(mode: ClientTlsMode, cert: &Path, key: &Path) -> Result<ClientTls, TlsError> {
         let listener = load_listener(cert, key)?;
         Ok(ClientTls {
             mode,
@@ -88,7 +104,7 @@ impl ClientTls {
     }
 
     /// Re-reads the certificate and key; on an error the old ones stay in use.
-    pub fn reload(&self) -> Result<(), String> {
+    pub fn reload(&self) -> Result<(), TlsError> {
         let Some((cert, key)) = &self.files else {
             return Ok(());
         };
@@ -98,25 +114,45 @@ impl ClientTls {
     }
 }
 
-fn load_listener(cert_file: &Path, key_file: &Path) -> Result<Listener, String> {
+fn load_listener(cert_file: &Path, key_file: &Path) -> Result<Listener, TlsError> {
     let certs = CertificateDer::pem_file_iter(cert_file)
         .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
-        .map_err(|e| format!("cannot read certificates from {}: {e}", cert_file.display()))?;
+        .map_err(|e| {
+            err(
+                "cert_file",
+                format!("cannot read certificates from {}: {e}", cert_file.display()),
+            )
+        })?;
     let Some(leaf) = certs.first() else {
-        return Err(format!("no certificate in {}", cert_file.display()));
+        return Err(err(
+            "cert_file",
+            format!("no certificate in {}", cert_file.display()),
+        ));
     };
-    let end_point = end_point_hash(leaf)?;
+    let end_point = end_point_hash(leaf).ok_or_else(|| {
+        err(
+            "cert_file",
+            format!("{}: the certificate is not valid DER", cert_file.display()),
+        )
+    })?;
     // The key's contents never go into a message.
-    let key = PrivateKeyDer::from_pem_file(key_file)
-        .map_err(|e| format!("cannot read a private key from {}: {e}", key_file.display()))?;
+    let key = PrivateKeyDer::from_pem_file(key_file).map_err(|e| {
+        err(
+            "key_file",
+            format!("cannot read a private key from {}: {e}", key_file.display()),
+        )
+    })?;
     let mut config = rustls::ServerConfig::builder()
         .with_no_client_auth()
         .with_single_cert(certs, key)
         .map_err(|e| {
-            format!(
-                "{} and {} do not make a usable certificate: {e}",
-                cert_file.display(),
-                key_file.display()
+            err(
+                "cert_file",
+                format!(
+                    "{} and {} do not make a usable certificate: {e}",
+                    cert_file.display(),
+                    key_file.display()
+                ),
             )
         })?;
     config.alpn_protocols = vec![ALPN.to_vec()];
@@ -129,7 +165,7 @@ fn load_listener(cert_file: &Path, key_file: &Path) -> Result<Listener, String> 
 /// RFC 5929 `tls-server-end-point`: the certificate hashed with the hash of its
 /// signature algorithm, SHA-256 for MD5, SHA-1 and anything unrecognised (as
 /// PostgreSQL computes it, so libpq's binding matches).
-fn end_point_hash(cert: &[u8]) -> Result<Arc<[u8]>, String> {
+fn end_point_hash(cert: &[u8]) -> Option<Arc<[u8]>> {
     const SHA384: &[&[u8]] = &[
         // sha384WithRSAEncryption, ecdsa-with-SHA384
         &[0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x01, 0x0c],
@@ -140,8 +176,8 @@ fn end_point_hash(cert: &[u8]) -> Result<Arc<[u8]>, String> {
         &[0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x01, 0x0d],
         &[0x2a, 0x86, 0x48, 0xce, 0x3d, 0x04, 0x03, 0x04],
     ];
-    let oid = signature_algorithm(cert).ok_or("the certificate is not valid DER")?;
-    Ok(if SHA384.contains(&oid) {
+    let oid = signature_algorithm(cert)?;
+    Some(if SHA384.contains(&oid) {
         Sha384::digest(cert).to_vec().into()
     } else if SHA512.contains(&oid) {
         Sha512::digest(cert).to_vec().into()
@@ -227,12 +263,16 @@ impl ServerTls {
         mode: ServerTlsMode,
         host: &str,
         ca_file: Option<&Path>,
-    ) -> Result<ServerTls, String> {
+    ) -> Result<ServerTls, TlsError> {
         if mode == ServerTlsMode::Disable {
             return Ok(ServerTls::disabled());
         }
-        let name = ServerName::try_from(host.to_owned())
-            .map_err(|_| format!("\"{host}\" is not a valid TLS server name"))?;
+        let name = ServerName::try_from(host.to_owned()).map_err(|_| {
+            err(
+                "server_name",
+                format!("\"{host}\" is not a valid TLS server name"),
+            )
+        })?;
         let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
         let verifier: Arc<dyn ServerCertVerifier> = match mode {
             ServerTlsMode::Disable => unreachable!("returned above"),
@@ -241,25 +281,29 @@ impl ServerTls {
                 chain: None,
             }),
             ServerTlsMode::VerifyCa | ServerTlsMode::VerifyFull => {
-                let ca_file = ca_file.ok_or("verify-ca and verify-full need tls.ca_file")?;
+                let ca_file = ca_file
+                    .ok_or_else(|| err("mode", "verify-ca and verify-full need tls.ca_file"))?;
+                let ca_err =
+                    |e: &dyn fmt::Display| err("ca_file", format!("{}: {e}", ca_file.display()));
                 let mut roots = RootCertStore::empty();
-                for cert in CertificateDer::pem_file_iter(ca_file)
-                    .map_err(|e| format!("cannot read {}: {e}", ca_file.display()))?
-                {
-                    let cert = cert.map_err(|e| format!("{}: {e}", ca_file.display()))?;
-                    roots
-                        .add(cert)
-                        .map_err(|e| format!("{}: {e}", ca_file.display()))?;
+                for cert in CertificateDer::pem_file_iter(ca_file).map_err(|e| {
+                    err("ca_file", format!("cannot read {}: {e}", ca_file.display()))
+                })? {
+                    let cert = cert.map_err(|e| ca_err(&e))?;
+                    roots.add(cert).map_err(|e| ca_err(&e))?;
                 }
                 if roots.is_empty() {
-                    return Err(format!("no certificate in {}", ca_file.display()));
+                    return Err(err(
+                        "ca_file",
+                        format!("no certificate in {}", ca_file.display()),
+                    ));
                 }
                 let webpki = WebPkiServerVerifier::builder_with_provider(
                     Arc::new(roots),
                     Arc::clone(&provider),
                 )
                 .build()
-                .map_err(|e| e.to_string())?;
+                .map_err(|e| err("mode", e.to_string()))?;
                 if mode == ServerTlsMode::VerifyCa {
                     Arc::new(Relaxed {
                         provider: Arc::clone(&provider),
@@ -272,7 +316,7 @@ impl ServerTls {
         };
         let mut config = rustls::ClientConfig::builder_with_provider(provider)
             .with_safe_default_protocol_versions()
-            .map_err(|e| e.to_string())?
+            .map_err(|e| err("mode", e.to_string()))?
             .dangerous()
             .with_custom_certificate_verifier(verifier)
             .with_no_client_auth();
@@ -384,6 +428,7 @@ mod tests {
         ];
         assert_eq!(signature_algorithm(&cert), Some(&cert[8..]));
         assert_eq!(end_point_hash(&cert).unwrap().len(), 48, "SHA-384");
+        assert!(end_point_hash(&cert[..10]).is_none());
         for bad in [&[][..], &[0x30], &[0x30, 0x85, 1, 1, 1, 1, 1], &cert[..10]] {
             assert_eq!(signature_algorithm(bad), None, "{bad:?}");
         }

@@ -363,3 +363,32 @@ async fn psql_works_through_the_proxy() {
         String::from_utf8_lossy(&psql.stderr)
     );
 }
+
+/// A cluster whose PostgreSQL has no TLS: `prefer` falls back to plain
+/// connections, `require` (and stronger) gets no server, so clients get 08001.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_tls_against_a_server_without_tls() {
+    let db = pg().database("no_tls");
+    let with_tls = |mode: &str| {
+        config(&db, TIERS, &tenants("free", "free", "growth", "enterprise")).replace(
+            "    max_server_connections: 50\n",
+            &format!("    max_server_connections: 50\n    tls: {{ mode: {mode} }}\n"),
+        )
+    };
+    let prefer = start(&with_tls("prefer")).await;
+    let client = prefer.connect("acme", &db).await;
+    assert_eq!(
+        one(
+            &client,
+            "SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()"
+        )
+        .await,
+        "f"
+    );
+    let require = start(&with_tls("require")).await;
+    let e = require
+        .try_connect("app.acme", APP_PASSWORD, &db)
+        .await
+        .expect_err("no server without TLS");
+    assert_eq!(code(&e), "08001");
+}

@@ -5,7 +5,7 @@
 
 use pgtenant::auth::scram::{self, Binding, ScramKeys};
 use pgtenant::protocol::frame::{Frames, HEADER_LEN};
-use pgtenant::protocol::startup::{self, Initial, PROTOCOL_3_0};
+use pgtenant::protocol::startup::{self, Initial};
 use pgtenant::tenant::scan::may_change_session;
 use proptest::prelude::*;
 
@@ -33,17 +33,16 @@ proptest! {
         params in prop::collection::vec(("[a-z_]{1,12}", "[ -~]{0,20}"), 0..8),
         user in "[a-z][a-z0-9_.]{0,20}",
     ) {
-        let mut body = PROTOCOL_3_0.to_be_bytes().to_vec();
         let mut all = vec![("user".to_owned(), user.clone())];
         all.extend(params.into_iter().filter(|(k, _)| k != "user" && !k.starts_with("_pq_")));
-        for (k, v) in &all {
-            body.extend_from_slice(k.as_bytes());
-            body.push(0);
-            body.extend_from_slice(v.as_bytes());
-            body.push(0);
-        }
-        body.push(0);
-        match startup::parse(&body) {
+        let mut packet = bytes::BytesMut::new();
+        postgres_protocol::message::frontend::startup_message(
+            all.iter().map(|(k, v)| (k.as_str(), v.as_str())),
+            &mut packet,
+        )
+        .unwrap();
+        // The body follows the length word.
+        match startup::parse(&packet[4..]) {
             Ok(Initial::Startup(m)) => {
                 prop_assert_eq!(m.user(), user.as_str());
                 for (k, v) in &all {

@@ -274,6 +274,45 @@ async fn allow_serves_both_and_disable_declines_tls() {
     assert_eq!(one(&plain, "SELECT 1").await, "1");
 }
 
+/// Bytes sent in the clear right after an SSLRequest (a startup packet, as
+/// in CVE-2021-23214) are taken for the TLS handshake, which fails: they never
+/// start a session.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn plaintext_after_ssl_request_never_reaches_the_session() {
+    use postgres_protocol::message::frontend;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let dir = scratch();
+    let certs = make_certs(dir.path(), "proxy");
+    let db = pg().database("tls");
+    let proxy = start(&tls_config(&db, &listener_tls("allow", &certs), "")).await;
+    let mut bytes = bytes::BytesMut::new();
+    bytes.extend_from_slice(&[0, 0, 0, 8, 4, 210, 22, 47]);
+    frontend::startup_message(
+        [("user", "app.acme"), ("database", db.as_str())],
+        &mut bytes,
+    )
+    .unwrap();
+    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", proxy.port))
+        .await
+        .unwrap();
+    s.write_all(&bytes).await.unwrap();
+    let mut got = Vec::new();
+    tokio::time::timeout(std::time::Duration::from_secs(5), async {
+        let mut chunk = [0u8; 1024];
+        while let Ok(n) = s.read(&mut chunk).await {
+            if n == 0 {
+                break;
+            }
+            got.extend_from_slice(&chunk[..n]);
+        }
+    })
+    .await
+    .expect("the proxy closes the connection");
+    assert_eq!(got.first(), Some(&b'S'));
+    // At most a TLS alert record follows, never an authentication request.
+    assert!(got.len() == 1 || got[1] == 0x15, "after S: {:?}", &got[1..]);
+}
+
 /// psql 18 (libpq 18): direct TLS, full verification and channel binding.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn psql_direct_tls_with_channel_binding() {

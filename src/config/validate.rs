@@ -258,14 +258,12 @@ fn server_tls(errs: &mut Errors, path: &str, host: &str, raw: &RawServerTls) -> 
     let name = raw.server_name.as_ref().map_or(host, |n| n.value.as_str());
     let ca_file = raw.ca_file.as_ref().map(|f| Path::new(&f.value));
     ServerTls::new(mode.value, name, ca_file).unwrap_or_else(|e| {
-        let at = match (&raw.ca_file, &raw.server_name) {
-            (Some(f), _) if e.contains(&f.value) => (format!("{path}.tls.ca_file"), f.referenced),
-            (_, Some(n)) if e.contains(&n.value) => {
-                (format!("{path}.tls.server_name"), n.referenced)
-            }
-            _ => (format!("{path}.tls.mode"), mode.referenced),
+        let (field, at) = match (e.field, &raw.ca_file, &raw.server_name) {
+            ("ca_file", Some(f), _) => ("ca_file", f.referenced),
+            ("server_name", _, Some(n)) => ("server_name", n.referenced),
+            _ => ("mode", mode.referenced),
         };
-        errs.at(at.0, at.1, e);
+        errs.at(format!("{path}.tls.{field}"), at, e.message);
         ServerTls::disabled()
     })
 }
@@ -285,12 +283,12 @@ fn client_tls(errs: &mut Errors, raw: &RawClientTls) -> ClientTls {
         (Some(cert), Some(key)) => {
             ClientTls::load(mode, Path::new(&cert.value), Path::new(&key.value)).unwrap_or_else(
                 |e| {
-                    let (path, at) = if e.contains(&key.value) && !e.contains(&cert.value) {
-                        ("tls.key_file", key.referenced)
+                    let at = if e.field == "key_file" {
+                        key.referenced
                     } else {
-                        ("tls.cert_file", cert.referenced)
+                        cert.referenced
                     };
-                    errs.at(path, at, e);
+                    errs.at(format!("tls.{}", e.field), at, e.message);
                     ClientTls::disabled()
                 },
             )

@@ -23,10 +23,6 @@ impl ServerStream {
         }
     }
 
-    pub fn is_tls(&self) -> bool {
-        matches!(self, ServerStream::Tls(_))
-    }
-
     /// Writes all of `bytes` and flushes: TLS may keep the tail of a write
     /// buffered when the socket is full. On plain TCP the flush is a no-op.
     pub async fn send(&mut self, bytes: &[u8]) -> io::Result<()> {

@@ -11,7 +11,7 @@ use tokio_rustls::server::TlsStream;
 
 use super::io::send;
 use crate::protocol::startup::{self, Initial, StartupError, StartupMessage};
-use crate::tls::{ALPN, ClientTls};
+use crate::tls::{ALPN, ClientTls, Listener};
 
 /// The first byte of a TLS ClientHello record; a length word never starts so.
 const TLS_HANDSHAKE: u8 = 0x16;
@@ -57,17 +57,7 @@ pub async fn handshake(
     }
     if first[0] == TLS_HANDSHAKE {
         let listener = tls.listener().ok_or(HandshakeError::TlsOff)?;
-        let stream = listener
-            .acceptor
-            .accept(tcp)
-            .await
-            .map_err(HandshakeError::Tls)?;
-        // PostgreSQL requires ALPN here, so a TLS connection meant for another
-        // protocol is not taken for a PostgreSQL one.
-        if stream.get_ref().1.alpn_protocol() != Some(ALPN) {
-            return Err(HandshakeError::NoAlpn);
-        }
-        return after_tls(stream, &listener.end_point, max_len).await;
+        return over_tls(tcp, &listener, true, max_len).await;
     }
     // A client may ask for SSL, then for GSSAPI (or the reverse), before starting.
     for _ in 0..3 {
@@ -77,12 +67,7 @@ pub async fn handshake(
                     // Packets are read exactly, so bytes sent after the request in
                     // the clear go into the handshake and fail it, never into the session.
                     send(&mut tcp, b"S").await?;
-                    let stream = listener
-                        .acceptor
-                        .accept(tcp)
-                        .await
-                        .map_err(HandshakeError::Tls)?;
-                    return after_tls(stream, &listener.end_point, max_len).await;
+                    return over_tls(tcp, &listener, false, max_len).await;
                 }
                 None => send(&mut tcp, b"N").await?,
             },
@@ -96,13 +81,29 @@ pub async fn handshake(
     Err(HandshakeError::TooManyRequests)
 }
 
-async fn after_tls(
-    mut stream: TlsStream<TcpStream>,
-    end_point: &Arc<[u8]>,
+/// The TLS handshake, then the startup packet or cancel request inside it.
+async fn over_tls(
+    tcp: TcpStream,
+    listener: &Listener,
+    direct: bool,
     max_len: usize,
 ) -> Result<Handshake, HandshakeError> {
+    let mut stream = listener
+        .acceptor
+        .accept(tcp)
+        .await
+        .map_err(HandshakeError::Tls)?;
+    // PostgreSQL requires ALPN on direct TLS, so a TLS connection meant for
+    // another protocol is not taken for a PostgreSQL one.
+    if direct && stream.get_ref().1.alpn_protocol() != Some(ALPN) {
+        return Err(HandshakeError::NoAlpn);
+    }
     match read_initial(&mut stream, max_len).await? {
-        Initial::Startup(msg) => Ok(Handshake::Tls(Box::new(stream), msg, Arc::clone(end_point))),
+        Initial::Startup(msg) => Ok(Handshake::Tls(
+            Box::new(stream),
+            msg,
+            Arc::clone(&listener.end_point),
+        )),
         Initial::Cancel { process_id, secret } => Ok(Handshake::Cancel { process_id, secret }),
         Initial::SslRequest | Initial::GssEncRequest => Err(HandshakeError::RequestInsideTls),
     }

@@ -288,7 +288,7 @@ async fn password_message<S: AsyncRead + Unpin>(
     // (and counts toward the address's failures), rather than a silent close.
     let (tag, body) = match read_message(stream, buf, MAX_AUTH_MESSAGE).await {
         Ok(message) => message,
-        Err(SessionIoError::Frame(e)) => return Err(refused_frame(e)),
+        Err(SessionIoError::Frame(e)) => return Err(refused(e)),
         Err(e) => return Err(e.into()),
     };
     if tag != b'p' {
@@ -297,11 +297,7 @@ async fn password_message<S: AsyncRead + Unpin>(
     Ok(body)
 }
 
-fn refused_frame(e: crate::protocol::frame::FrameError) -> LoginError {
-    LoginError::Refused(ClientError::protocol_violation(e))
-}
-
 /// The specific reason is only logged; the caller turns it into 28P01.
-fn refused(e: AuthError) -> LoginError {
+fn refused(e: impl std::fmt::Display) -> LoginError {
     LoginError::Refused(ClientError::protocol_violation(e))
 }
