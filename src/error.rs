@@ -182,7 +182,68 @@ impl ClientError {
         )
     }
 
-    /// The same error, ending the connection (for failures during login).
+    /// A reload removed or disabled the tenant; sent at its next transaction boundary.
+    pub fn tenant_closed(tenant: &str, why: &str) -> ClientError {
+        Self::new(
+            Severity::Fatal,
+            "57P01",
+            format!("terminating connection: tenant \"{tenant}\" {why}"),
+        )
+        .with_hint("The proxy configuration changed; ask its operators whether the tenant moved.")
+    }
+
+    /// `KILL` from the admin console, in PostgreSQL's words.
+    pub fn killed_by_admin() -> ClientError {
+        Self::new(
+            Severity::Fatal,
+            "57P01",
+            "terminating connection due to administrator command".to_owned(),
+        )
+    }
+
+    pub fn admin_denied(user: &str) -> ClientError {
+        Self::new(
+            Severity::Error,
+            "42501",
+            format!("permission denied: \"{user}\" is a stats user and may only run SHOW"),
+        )
+    }
+
+    pub fn admin_syntax(text: &str) -> ClientError {
+        Self::new(
+            Severity::Error,
+            "42601",
+            format!("unknown admin command: {text}"),
+        )
+        .with_hint("Try SHOW POOLS, SHOW CLIENTS, SHOW SERVERS, SHOW STATS, SHOW TENANTS, SHOW TIERS, SHOW CONFIG, SHOW VERSION, RELOAD, PAUSE, RESUME, DRAIN <tenant> or KILL <tenant>.")
+    }
+
+    pub fn admin_no_such(kind: &str, name: &str) -> ClientError {
+        Self::new(
+            Severity::Error,
+            "42704",
+            format!("{kind} \"{name}\" does not exist"),
+        )
+    }
+
+    pub fn admin_simple_only() -> ClientError {
+        Self::new(
+            Severity::Error,
+            "0A000",
+            "the admin console takes simple queries only".to_owned(),
+        )
+        .with_hint("Use psql, or a driver's simple-query call.")
+    }
+
+    /// `RELOAD` found errors; the running configuration stays.
+    pub fn reload_failed(errors: &str) -> ClientError {
+        Self::new(
+            Severity::Error,
+            "F0000",
+            format!("configuration not reloaded, the running one stays:\n{errors}"),
+        )
+    }
+
     /// As PostgreSQL words it; `name` is empty for the unnamed statement.
     pub fn statement_missing(name: &[u8]) -> ClientError {
         let message = if name.is_empty() {
@@ -301,6 +362,7 @@ impl ClientError {
         )
     }
 
+    /// The same error, ending the connection (for failures during login).
     pub fn fatal(mut self) -> ClientError {
         self.severity = Severity::Fatal;
         self
@@ -352,6 +414,17 @@ mod tests {
                 true,
             ),
             (ClientError::shutting_down(), "57P01", true),
+            (
+                ClientError::tenant_closed("a", "was removed"),
+                "57P01",
+                true,
+            ),
+            (ClientError::killed_by_admin(), "57P01", true),
+            (ClientError::admin_denied("u"), "42501", false),
+            (ClientError::admin_syntax("x"), "42601", false),
+            (ClientError::admin_no_such("tenant", "x"), "42704", false),
+            (ClientError::admin_simple_only(), "0A000", false),
+            (ClientError::reload_failed("e"), "F0000", false),
             (ClientError::proxy_full(1), "53300", true),
             (
                 ClientError::login_throttled(std::time::Duration::ZERO),

@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+use pgtenant::config::LogFormat;
 
 #[derive(Parser)]
 #[command(
@@ -37,23 +38,37 @@ enum Command {
         /// Where the demo proxy listens.
         #[arg(long, default_value = "127.0.0.1:6432")]
         listen: String,
+        /// Where the demo serves /metrics, /healthz and /readyz.
+        #[arg(long, default_value = "127.0.0.1:9930")]
+        metrics_listen: String,
     },
 }
 
+/// Logs go to stderr, filtered by `RUST_LOG` (default `info`), as text or JSON.
+fn init_logging(format: LogFormat) {
+    let filter =
+        tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
+    let logs = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => logs.init(),
+        LogFormat::Json => logs.json().flatten_event(true).init(),
+    }
+}
+
 fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
-        .with_writer(std::io::stderr)
-        .init();
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Check { config } => return check(&config),
         Command::ScramSecret => scram_secret(),
         Command::Run { config } => run(&config),
-        Command::Demo { listen } => {
-            runtime().and_then(|rt| rt.block_on(pgtenant::demo::run(&listen)))
+        Command::Demo {
+            listen,
+            metrics_listen,
+        } => {
+            init_logging(LogFormat::Text);
+            runtime().and_then(|rt| rt.block_on(pgtenant::demo::run(&listen, &metrics_listen)))
         }
     };
     match result {
@@ -108,8 +123,9 @@ fn scram_secret() -> anyhow::Result<()> {
 fn run(path: &std::path::Path) -> anyhow::Result<()> {
     let config =
         pgtenant::config::load(path).map_err(|e| anyhow::anyhow!("invalid configuration:\n{e}"))?;
+    init_logging(config.log_format);
     runtime()?.block_on(async {
-        let proxy = pgtenant::app::Proxy::bind(config).await?;
+        let proxy = pgtenant::app::Proxy::bind(config, Some(path.to_owned())).await?;
         proxy.run(pgtenant::app::shutdown_signal()).await
     })
 }

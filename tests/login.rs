@@ -213,16 +213,16 @@ async fn rls_bypassing_role_is_refused_when_required() {
         "listen: 127.0.0.1:0\nrequire_rls_enforced: true",
     );
     let config = pgtenant::config::parse(&strict, &common::env).unwrap();
-    let err = pgtenant::app::Proxy::bind(config)
+    let err = pgtenant::app::Proxy::bind(config, None)
         .await
         .err()
         .expect("bypassing role accepted");
     assert!(err.to_string().contains("BYPASSRLS"), "{err}");
     let config = pgtenant::config::parse(&yaml, &common::env).unwrap();
-    assert!(pgtenant::app::Proxy::bind(config).await.is_ok());
+    assert!(pgtenant::app::Proxy::bind(config, None).await.is_ok());
     // The demo's own role passes the strict check.
     let ok = config_strict(&db);
-    assert!(pgtenant::app::Proxy::bind(ok).await.is_ok());
+    assert!(pgtenant::app::Proxy::bind(ok, None).await.is_ok());
 }
 
 fn config_strict(db: &str) -> pgtenant::config::Config {

@@ -1,59 +1,71 @@
-//! Wiring: bind the listener, check the clusters, accept clients, keep pools
-//! topped up, stop on a shutdown signal.
+//! Wiring: bind the listeners, check the clusters, accept clients, keep pools
+//! topped up, reload, and stop.
 //!
 //! Tasks: one accept loop; one task per client session; one maintenance task
-//! that visits every pool each second (idle timeouts, `min_pool_size`); one
-//! that re-reads the TLS certificate on SIGHUP.
+//! that visits every pool each second (idle timeouts, `min_pool_size`) and,
+//! with `watch_config`, notices a changed config file; one that reloads on
+//! SIGHUP; the HTTP listener for `/metrics` and health ([`http`]) with its
+//! cluster probe ([`health`]).
 
-pub mod rls;
+mod health;
+mod http;
 
 use std::future::Future;
 use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use anyhow::{Context, bail};
+use anyhow::Context;
 use tokio::net::TcpListener;
 
 use crate::config::Config;
-use crate::session::{self, Deps, Runtime};
+use crate::session::{self, Deps};
+pub use health::Health;
+
+/// How the proxy is asked to stop.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stop {
+    /// SIGTERM: stop accepting, let transactions finish, close clients at a
+    /// transaction boundary with 57P01, exit within `shutdown_timeout`.
+    Drain,
+    /// SIGINT: exit now.
+    Fast,
+}
 
 /// A bound, checked proxy, ready to run.
 pub struct Proxy {
     listener: TcpListener,
+    http: Option<TcpListener>,
     deps: Arc<Deps>,
+    health: Arc<Health>,
 }
 
 impl Proxy {
-    /// Checks the clusters' roles (see [`rls`]) and binds the listen address.
-    pub async fn bind(config: Config) -> anyhow::Result<Proxy> {
-        let findings = rls::check(&config).await;
-        for f in &findings.unreachable {
-            tracing::warn!("could not check {f}; the pool will retry connecting");
-        }
-        for f in &findings.bypasses {
-            tracing::warn!("ROW LEVEL SECURITY WILL NOT PROTECT TENANTS: {f}");
-        }
-        for f in &findings.broken {
-            tracing::error!("tenant transactions will fail: {f}");
-        }
-        if !findings.broken.is_empty() {
-            bail!(
-                "tenant roles are misconfigured: {}",
-                findings.broken.join("; ")
-            );
-        }
-        if config.require_rls_enforced && !findings.bypasses.is_empty() {
-            bail!(
-                "require_rls_enforced is set and RLS would be bypassed: {}",
-                findings.bypasses.join("; ")
-            );
-        }
+    /// Checks the clusters' roles (see [`crate::runtime::rls`]) and binds the
+    /// listen addresses. `path` is where reloads read the config from.
+    pub async fn bind(config: Config, path: Option<PathBuf>) -> anyhow::Result<Proxy> {
+        crate::runtime::check_roles(&config)
+            .await
+            .map_err(anyhow::Error::msg)?;
         let listener = TcpListener::bind(&config.listen)
             .await
             .with_context(|| format!("cannot listen on {}", config.listen))?;
-        let deps = Arc::new(Deps::new(Runtime::new(Arc::new(config))));
-        Ok(Proxy { listener, deps })
+        let http = match &config.metrics.listen {
+            Some(addr) => Some(
+                TcpListener::bind(addr)
+                    .await
+                    .with_context(|| format!("cannot listen on {addr} (metrics.listen)"))?,
+            ),
+            None => None,
+        };
+        let deps = Arc::new(Deps::new(config, path));
+        Ok(Proxy {
+            listener,
+            http,
+            health: Arc::default(),
+            deps,
+        })
     }
 
     pub fn local_addr(&self) -> SocketAddr {
@@ -62,34 +74,37 @@ impl Proxy {
             .expect("a bound listener has an address")
     }
 
+    /// Where `/metrics`, `/healthz` and `/readyz` are served, if anywhere.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.http.as_ref().and_then(|l| l.local_addr().ok())
+    }
+
     pub fn deps(&self) -> &Arc<Deps> {
         &self.deps
     }
 
-    /// Accepts clients until `shutdown` completes. Sessions already running are
-    /// left to finish on the runtime.
-    pub async fn run(self, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+    /// Accepts clients until `stop` completes, then stops as it says.
+    pub async fn run(self, stop: impl Future<Output = Stop>) -> anyhow::Result<()> {
         tracing::info!(listen = %self.local_addr(), "pgtenant accepting clients");
-        let maintenance = tokio::spawn(maintain(Arc::clone(&self.deps)));
-        let hangups = tokio::spawn(reload_on_hangup(Arc::clone(&self.deps)));
-        tokio::pin!(shutdown);
-        loop {
+        let mut tasks = vec![
+            tokio::spawn(maintain(Arc::clone(&self.deps))),
+            tokio::spawn(reload_on_hangup(Arc::clone(&self.deps))),
+            tokio::spawn(health::probe(
+                Arc::clone(&self.deps),
+                Arc::clone(&self.health),
+            )),
+        ];
+        if let Some(http) = self.http {
+            tracing::info!(listen = %http.local_addr()?, "serving /metrics, /healthz and /readyz");
+            let (deps, health) = (Arc::clone(&self.deps), Arc::clone(&self.health));
+            tasks.push(tokio::spawn(http::serve(http, deps, health)));
+        }
+        tokio::pin!(stop);
+        let how = loop {
             tokio::select! {
-                () = &mut shutdown => break,
+                how = &mut stop => break how,
                 accepted = self.listener.accept() => match accepted {
-                    Ok((stream, peer)) => {
-                        let _ = stream.set_nodelay(true);
-                        let limit = self.deps.runtime.load().config.limits.max_client_connections;
-                        match self.deps.connections.open(limit) {
-                            Some(slot) => {
-                                tokio::spawn(session::serve(stream, Arc::clone(&self.deps), peer, slot));
-                            }
-                            None => {
-                                tracing::warn!(%peer, limit, "refused a client: max_client_connections reached");
-                                tokio::spawn(session::refuse_full(stream, limit));
-                            }
-                        }
-                    }
+                    Ok((stream, peer)) => accept(&self.deps, stream, peer),
                     // Out of file descriptors and the like: back off, keep serving.
                     Err(e) => {
                         tracing::warn!(error = %e, "accept failed");
@@ -97,16 +112,69 @@ impl Proxy {
                     }
                 },
             }
+        };
+        drop(self.listener);
+        if how == Stop::Drain {
+            drain(&self.deps).await;
+        } else {
+            tracing::info!("pgtenant exiting now");
         }
-        maintenance.abort();
-        hangups.abort();
-        tracing::info!("pgtenant stopped accepting clients");
+        for task in tasks {
+            task.abort();
+        }
         Ok(())
+    }
+}
+
+fn accept(deps: &Arc<Deps>, stream: tokio::net::TcpStream, peer: SocketAddr) {
+    let _ = stream.set_nodelay(true);
+    let limit = deps.runtime.load().config.limits.max_client_connections;
+    match deps.connections.open(limit) {
+        Some(slot) => {
+            let task = Arc::default();
+            let handle = tokio::spawn(session::serve(
+                stream,
+                Arc::clone(deps),
+                peer,
+                slot,
+                Arc::clone(&task),
+            ));
+            let _ = task.set(handle.abort_handle());
+        }
+        None => {
+            tracing::warn!(%peer, limit, "refused a client: max_client_connections reached");
+            tokio::spawn(session::refuse_full(stream, limit));
+        }
+    }
+}
+
+/// SIGTERM: no new clients (the listener is closed), `/readyz` fails, idle
+/// clients are told 57P01 at once and busy ones at the end of their
+/// transaction; after `shutdown_timeout` whatever is left is cut.
+async fn drain(deps: &Deps) {
+    let timeout = deps.runtime.load().config.shutdown_timeout;
+    tracing::info!(
+        ?timeout,
+        clients = deps.connections.count(),
+        "draining: waiting for transactions to finish"
+    );
+    deps.control.begin_shutdown();
+    let until = Instant::now() + timeout;
+    while deps.connections.count() > 0 && Instant::now() < until {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    match deps.connections.count() {
+        0 => tracing::info!("drained; exiting"),
+        n => tracing::warn!(
+            clients = n,
+            "shutdown_timeout reached; closing the remaining clients"
+        ),
     }
 }
 
 async fn maintain(deps: Arc<Deps>) {
     let mut tick = tokio::time::interval(Duration::from_secs(1));
+    let mut file = deps.config_path.as_deref().and_then(file_stamp);
     loop {
         tick.tick().await;
         let runtime = deps.runtime.load_full();
@@ -115,11 +183,28 @@ async fn maintain(deps: Arc<Deps>) {
         }
         deps.throttle
             .sweep(runtime.config.limits.auth_failure_window);
+        if let Some(path) = &deps.config_path {
+            let now = file_stamp(path);
+            if now != file && now.is_some() {
+                file = now;
+                if runtime.config.watch_config {
+                    let _ = deps.reload("config file changed").await;
+                }
+            }
+        }
     }
 }
 
-/// SIGHUP re-reads the listener's TLS certificate and key. Connections keep the
-/// certificate they started with; a file that does not load leaves the old one.
+/// What tells a changed config file: modification time, size and inode. The
+/// path is followed through symlinks, so a Kubernetes ConfigMap swap counts.
+fn file_stamp(path: &Path) -> Option<(std::time::SystemTime, u64, u64)> {
+    use std::os::unix::fs::MetadataExt;
+    let m = std::fs::metadata(path).ok()?;
+    Some((m.modified().ok()?, m.len(), m.ino()))
+}
+
+/// SIGHUP reloads the config file (certificates included). Without a file,
+/// only the listener's TLS certificate and key are re-read.
 async fn reload_on_hangup(deps: Arc<Deps>) {
     use tokio::signal::unix::{SignalKind, signal};
     let mut hangup = match signal(SignalKind::hangup()) {
@@ -130,6 +215,10 @@ async fn reload_on_hangup(deps: Arc<Deps>) {
         }
     };
     while hangup.recv().await.is_some() {
+        if deps.config_path.is_some() {
+            let _ = deps.reload("SIGHUP").await;
+            continue;
+        }
         let runtime = deps.runtime.load_full();
         let tls = &runtime.config.tls;
         if tls.mode == crate::tls::ClientTlsMode::Disable {
@@ -144,12 +233,18 @@ async fn reload_on_hangup(deps: Arc<Deps>) {
     }
 }
 
-/// Completes on SIGINT or SIGTERM.
-pub async fn shutdown_signal() {
+/// Completes on SIGTERM ([`Stop::Drain`]) or SIGINT ([`Stop::Fast`]).
+pub async fn shutdown_signal() -> Stop {
     use tokio::signal::unix::{SignalKind, signal};
     let mut term = signal(SignalKind::terminate()).expect("installing a SIGTERM handler");
     tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {
+            tracing::info!("SIGINT: exiting without waiting");
+            Stop::Fast
+        }
+        _ = term.recv() => {
+            tracing::info!("SIGTERM: draining");
+            Stop::Drain
+        }
     }
 }

@@ -17,7 +17,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-pub use raw::PoolMode;
+pub use raw::{AdminRole, LogFormat, PoolMode};
 pub use secret::Secret;
 
 use crate::tls::{ClientTls, ServerTls};
@@ -83,6 +83,24 @@ pub struct Config {
     pub tenants: BTreeMap<String, Arc<Tenant>>,
     /// Login users declared under a tenant.
     pub users: HashMap<String, TenantUser>,
+    pub metrics: MetricsConfig,
+    /// Admin console users by login name.
+    pub admin_users: HashMap<String, AdminUser>,
+    pub shutdown_timeout: Duration,
+    pub log_format: LogFormat,
+    pub watch_config: bool,
+}
+
+#[derive(Debug, Clone)]
+pub struct MetricsConfig {
+    pub listen: Option<String>,
+    pub max_tenant_series: usize,
+}
+
+#[derive(Debug, Clone)]
+pub struct AdminUser {
+    pub secret: Secret,
+    pub role: AdminRole,
 }
 
 #[derive(Debug, Clone)]
@@ -109,6 +127,31 @@ pub struct Cluster {
     pub max_server_connections: u32,
     pub server_idle_timeout: Duration,
     pub tls: ServerTls,
+    /// The TLS settings as written (mode, CA file, server name), to tell on
+    /// reload whether open servers still match.
+    pub tls_source: String,
+}
+
+impl Cluster {
+    /// Whether servers opened for `self` are as good as ones opened for `other`:
+    /// same address, database, role, password and TLS. Timeouts and limits may differ.
+    pub fn same_servers(&self, other: &Cluster) -> bool {
+        (
+            &self.host,
+            self.port,
+            &self.database,
+            &self.user,
+            &self.password,
+            &self.tls_source,
+        ) == (
+            &other.host,
+            other.port,
+            &other.database,
+            &other.user,
+            &other.password,
+            &other.tls_source,
+        )
+    }
 }
 
 // The backend password must never reach a log line.

@@ -35,6 +35,83 @@ pub struct RawConfig {
     pub tiers: BTreeMap<Name, RawTier>,
     /// Tenants, by id.
     pub tenants: BTreeMap<Name, RawTenant>,
+    /// Prometheus metrics and health checks over HTTP.
+    #[serde(default)]
+    pub metrics: RawMetrics,
+    /// Users of the admin console (`psql -d pgtenant`).
+    #[serde(default)]
+    pub admin: RawAdmin,
+    /// After SIGTERM, how long running transactions get before the proxy exits.
+    #[serde(default = "default_shutdown_timeout")]
+    pub shutdown_timeout: Dur,
+    /// Log lines as `text` or `json` (read at start).
+    #[serde(default)]
+    pub log_format: LogFormat,
+    /// Reload when this file changes on disk, as on SIGHUP.
+    #[serde(default)]
+    pub watch_config: bool,
+}
+
+fn default_shutdown_timeout() -> Dur {
+    Dur(std::time::Duration::from_secs(30))
+}
+
+#[derive(Debug, Deserialize, Clone, Copy, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawMetrics {
+    /// `host:port` of the HTTP listener for `/metrics`, `/healthz` and `/readyz`;
+    /// none when absent.
+    #[serde(default)]
+    pub listen: Option<Spanned<String>>,
+    /// Tenants with series of their own (the busiest); the rest are summed into
+    /// `tenant="other"`.
+    #[serde(default = "default_tenant_series")]
+    pub max_tenant_series: usize,
+}
+
+impl Default for RawMetrics {
+    fn default() -> Self {
+        RawMetrics {
+            listen: None,
+            max_tenant_series: default_tenant_series(),
+        }
+    }
+}
+
+fn default_tenant_series() -> usize {
+    50
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct RawAdmin {
+    /// Console users by login name.
+    #[serde(default)]
+    pub users: BTreeMap<Name, RawAdminUser>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAdminUser {
+    /// A SCRAM-SHA-256 verifier or an md5 hash, never clear text.
+    pub password: Spanned<String>,
+    /// `admin` (every command) or `stats` (SHOW only).
+    pub role: AdminRole,
+}
+
+#[derive(Debug, Deserialize, Clone, Copy, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum AdminRole {
+    Admin,
+    Stats,
 }
 
 fn default_context_setting() -> Spanned<String> {

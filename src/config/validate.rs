@@ -10,8 +10,8 @@ use std::path::Path;
 use super::raw::{RawClientTls, RawCluster, RawConfig, RawServerTls, RawTenant, RawTier, Status};
 use super::values::{is_identifier, is_setting_name, is_tenant_id};
 use super::{
-    Cluster, Config, ConfigError, ConfigErrors, Limits, Secret, SharedUser, Tenant, TenantUser,
-    Tier,
+    AdminUser, Cluster, Config, ConfigError, ConfigErrors, Limits, MetricsConfig, Secret,
+    SharedUser, Tenant, TenantUser, Tier,
 };
 use crate::tls::{ClientTls, ClientTlsMode, ServerTls};
 
@@ -34,18 +34,9 @@ pub(super) fn validate(
 ) -> Result<Config, ConfigErrors> {
     let mut errs = Errors(Vec::new());
 
-    if raw
-        .listen
-        .value
-        .rsplit_once(':')
-        .and_then(|(_, p)| p.parse::<u16>().ok())
-        .is_none()
-    {
-        errs.at(
-            "listen",
-            raw.listen.referenced,
-            "must be host:port, e.g. 127.0.0.1:6432",
-        );
+    address(&mut errs, "listen", &raw.listen, "127.0.0.1:6432");
+    if let Some(listen) = &raw.metrics.listen {
+        address(&mut errs, "metrics.listen", listen, "127.0.0.1:9930");
     }
     let tenant_setting = raw.tenant_setting.value.clone();
     if !is_setting_name(&tenant_setting) || !tenant_setting.contains('.') {
@@ -141,6 +132,27 @@ pub(super) fn validate(
         tenants.insert(id.value.clone(), Arc::new(tenant));
     }
 
+    let mut admin_users = HashMap::new();
+    for (name, user) in &raw.admin.users {
+        let path = format!("admin.users.{name}");
+        if shared_users.contains_key(&name.value) || users.contains_key(&name.value) {
+            errs.at(
+                &path,
+                name.at,
+                format!("\"{name}\" is also a tenant or shared user; admin users need names of their own"),
+            );
+        }
+        if let Some(secret) = secret(&mut errs, &path, &user.password) {
+            admin_users.insert(
+                name.value.clone(),
+                AdminUser {
+                    secret,
+                    role: user.role,
+                },
+            );
+        }
+    }
+
     let tls = client_tls(&mut errs, &raw.tls);
     check_cluster_capacity(&mut errs, &raw, &clusters, &tiers, &tenants);
 
@@ -168,7 +180,30 @@ pub(super) fn validate(
         tiers,
         tenants,
         users,
+        metrics: MetricsConfig {
+            listen: raw.metrics.listen.map(|l| l.value),
+            max_tenant_series: raw.metrics.max_tenant_series,
+        },
+        admin_users,
+        shutdown_timeout: raw.shutdown_timeout.0,
+        log_format: raw.log_format,
+        watch_config: raw.watch_config,
     })
+}
+
+fn address(errs: &mut Errors, path: &str, value: &Spanned<String>, example: &str) {
+    if value
+        .value
+        .rsplit_once(':')
+        .and_then(|(_, p)| p.parse::<u16>().ok())
+        .is_none()
+    {
+        errs.at(
+            path,
+            value.referenced,
+            format!("must be host:port, e.g. {example}"),
+        );
+    }
 }
 
 fn at_least_one(errs: &mut Errors, path: String, value: &Spanned<u32>) {
@@ -234,7 +269,15 @@ fn cluster(
     }
     let host = expand(errs, &format!("{path}.host"), &c.host, env);
     let tls = server_tls(errs, &path, &host, &c.tls);
+    let field = |f: &Option<Spanned<String>>| f.as_ref().map(|f| f.value.clone());
+    let tls_source = format!(
+        "{:?} {:?} {:?}",
+        c.tls.mode.as_ref().map(|m| m.value),
+        field(&c.tls.ca_file),
+        field(&c.tls.server_name)
+    );
     Cluster {
+        tls_source,
         name: name.to_owned(),
         host,
         tls,

@@ -12,12 +12,15 @@ mod queue;
 mod registry;
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::Instant;
+use std::time::{Duration, Instant, SystemTime};
 
+use arc_swap::ArcSwap;
 use tokio::sync::oneshot;
 
 use crate::config::Cluster;
+use crate::metrics::PoolMetrics;
 use crate::prepared::{Invalidations, ServerStatements};
 use crate::server::{self, Server, ServerError};
 use queue::{FairQueue, Waiter};
@@ -31,26 +34,38 @@ pub enum CheckoutError {
     Connect(#[from] ServerError),
 }
 
-/// Fixed settings of one pool.
+/// What a pool is, fixed for its life.
 #[derive(Debug, Clone)]
-pub struct PoolSettings {
+pub struct PoolIdentity {
     /// Shown to clients and in logs: the tier name, or `tenant <id>` for a dedicated pool.
     pub label: String,
+    /// The tier, for metrics (a dedicated pool counts with its tenant's tier).
+    pub tier: String,
+}
+
+/// Sizes of one pool; a reload may change them (see [`Pool::resize`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PoolSizes {
     pub max_size: u32,
     pub min_size: u32,
     pub max_tenant_share: u32,
 }
 
 pub struct Pool {
-    pub settings: PoolSettings,
-    pub cluster: Arc<Cluster>,
+    pub identity: PoolIdentity,
+    cluster: ArcSwap<Cluster>,
+    pub metrics: Arc<PoolMetrics>,
     inner: Mutex<Inner>,
     /// Statements whose result type changed, shared by this pool's servers.
     invalidations: Arc<Invalidations>,
+    /// Servers being opened (counted as held too).
+    connecting: AtomicU32,
+    /// Logged-in clients whose transactions run here.
+    clients: AtomicU32,
 }
 
-#[derive(Default)]
 struct Inner {
+    sizes: PoolSizes,
     /// Idle servers, most recently used last.
     idle: Vec<Server>,
     /// Servers held (or being opened) per tenant, for `max_tenant_share`. Every
@@ -90,25 +105,104 @@ impl Inner {
 pub struct PoolStats {
     pub idle: u32,
     pub open: u32,
+    /// Servers being opened (part of `open`).
+    pub connecting: u32,
     pub waiting: u32,
+    pub clients: u32,
+    pub sizes: PoolSizes,
+    /// How long the oldest waiter has waited.
+    pub max_wait: Duration,
+}
+
+impl PoolStats {
+    /// Servers in a transaction.
+    pub fn active(&self) -> u32 {
+        self.open - self.idle - self.connecting
+    }
+}
+
+/// An idle server as the admin console shows it.
+#[derive(Debug, Clone)]
+pub struct IdleServer {
+    pub id: u64,
+    pub process_id: i32,
+    pub connected_at: SystemTime,
+    pub idle_for: Duration,
+    /// The tenant whose context it carries.
+    pub tenant: Option<String>,
 }
 
 impl Pool {
-    pub fn new(settings: PoolSettings, cluster: Arc<Cluster>) -> Arc<Pool> {
+    pub fn new(
+        identity: PoolIdentity,
+        sizes: PoolSizes,
+        cluster: Arc<Cluster>,
+        metrics: Arc<PoolMetrics>,
+    ) -> Arc<Pool> {
         Arc::new(Pool {
-            settings,
-            cluster,
-            inner: Mutex::new(Inner::default()),
+            identity,
+            cluster: ArcSwap::new(cluster),
+            metrics,
+            inner: Mutex::new(Inner {
+                sizes,
+                idle: Vec::new(),
+                held: HashMap::new(),
+                queue: FairQueue::default(),
+                next_waiter: 0,
+                params: None,
+            }),
             invalidations: Arc::default(),
+            connecting: AtomicU32::new(0),
+            clients: AtomicU32::new(0),
         })
+    }
+
+    pub fn cluster(&self) -> Arc<Cluster> {
+        self.cluster.load_full()
+    }
+
+    pub fn sizes(&self) -> PoolSizes {
+        self.lock().sizes
+    }
+
+    /// Applies a reload: timeouts and limits of the cluster (its servers are
+    /// unchanged, see [`Cluster::same_servers`]) and new sizes. A smaller pool
+    /// closes idle servers now and busy ones as they come back; a bigger one
+    /// serves its waiters at once.
+    pub fn reconfigure(self: &Arc<Self>, sizes: PoolSizes, cluster: Arc<Cluster>) {
+        self.cluster.store(cluster);
+        let mut inner = self.lock();
+        inner.sizes = sizes;
+        while inner.open() > sizes.max_size && !inner.idle.is_empty() {
+            // Oldest idle first.
+            inner.idle.remove(0);
+        }
+        self.dispatch(&mut inner);
     }
 
     /// A new server for this pool.
     async fn connect(&self) -> Result<Server, ServerError> {
-        let mut server = server::connect(&self.cluster).await?;
+        let cluster = self.cluster();
+        let _connecting = Connecting::new(&self.connecting);
+        let started = Instant::now();
+        let mut server = match server::connect(&cluster).await {
+            Ok(server) => server,
+            Err(e) => {
+                self.metrics.server_connect_errors.inc();
+                return Err(e);
+            }
+        };
+        self.metrics.connect_time.observe(started.elapsed());
+        self.metrics.server_connects.inc();
         server.statements = ServerStatements::new(Arc::clone(&self.invalidations));
         self.lock().params = Some(Arc::clone(&server.params));
         Ok(server)
+    }
+
+    /// Counts a logged-in client of this pool until the guard drops.
+    pub fn member(self: &Arc<Self>) -> PoolMember {
+        self.clients.fetch_add(1, Ordering::Relaxed);
+        PoolMember(Arc::clone(self))
     }
 
     fn lock(&self) -> MutexGuard<'_, Inner> {
@@ -119,11 +213,32 @@ impl Pool {
 
     pub fn stats(&self) -> PoolStats {
         let inner = self.lock();
+        let open = inner.open();
+        let idle = inner.idle.len() as u32;
         PoolStats {
-            idle: inner.idle.len() as u32,
-            open: inner.open(),
+            idle,
+            open,
+            connecting: self.connecting.load(Ordering::Relaxed).min(open - idle),
             waiting: inner.queue.len() as u32,
+            clients: self.clients.load(Ordering::Relaxed),
+            sizes: inner.sizes,
+            max_wait: inner.queue.oldest().map_or(Duration::ZERO, |t| t.elapsed()),
         }
+    }
+
+    pub fn idle_servers(&self) -> Vec<IdleServer> {
+        let inner = self.lock();
+        inner
+            .idle
+            .iter()
+            .map(|s| IdleServer {
+                id: s.id,
+                process_id: s.cancel.process_id,
+                connected_at: s.connected_at,
+                idle_for: s.idle_since.elapsed(),
+                tenant: s.context.as_ref().map(|c| c.tenant.clone()),
+            })
+            .collect()
     }
 
     /// The server parameters clients are shown at login, if a server has been seen.
@@ -148,7 +263,7 @@ impl Pool {
                 lease.server = Some(server);
                 return Ok(lease);
             }
-            tracing::info!(server = server.id, pool = %self.settings.label, "idle server died; replacing it");
+            tracing::info!(server = server.id, pool = %self.identity.label, "idle server died; replacing it");
             // Another idle server can take the dead one's place in this lease,
             // or we connect anew.
             lease.server = self.lock().idle.pop();
@@ -166,7 +281,14 @@ impl Pool {
         let id = inner.next_waiter;
         inner.next_waiter += 1;
         let (tx, rx) = oneshot::channel();
-        inner.queue.push(tenant, Waiter { id, tx });
+        inner.queue.push(
+            tenant,
+            Waiter {
+                id,
+                tx,
+                since: Instant::now(),
+            },
+        );
         Err(Wait {
             pool: Arc::clone(self),
             tenant: Arc::clone(tenant),
@@ -178,11 +300,11 @@ impl Pool {
     /// Takes capacity for `tenant` if the pool and the tenant's share allow:
     /// `Some(Some(server))` an idle server, `Some(None)` a slot to connect in.
     fn grant(&self, inner: &mut Inner, tenant: &Arc<str>) -> Option<Option<Server>> {
-        if inner.held.get(tenant).copied().unwrap_or(0) >= self.settings.max_tenant_share {
+        if inner.held.get(tenant).copied().unwrap_or(0) >= inner.sizes.max_tenant_share {
             return None;
         }
         let server = inner.idle.pop();
-        if server.is_none() && inner.open() >= self.settings.max_size {
+        if server.is_none() && inner.open() >= inner.sizes.max_size {
             return None;
         }
         *inner.held.entry(Arc::clone(tenant)).or_default() += 1;
@@ -194,14 +316,18 @@ impl Pool {
     fn give_back(self: &Arc<Self>, tenant: &str, server: Option<Server>) {
         let mut inner = self.lock();
         inner.unhold(tenant, server);
+        if inner.open() > inner.sizes.max_size {
+            // Shrunk by a reload: the server just returned is the one to close.
+            inner.idle.pop();
+        }
         self.dispatch(&mut inner);
     }
 
     fn dispatch(self: &Arc<Self>, inner: &mut Inner) {
         while !inner.queue.is_empty()
-            && (!inner.idle.is_empty() || inner.open() < self.settings.max_size)
+            && (!inner.idle.is_empty() || inner.open() < inner.sizes.max_size)
         {
-            let share = self.settings.max_tenant_share;
+            let share = inner.sizes.max_tenant_share;
             let held = &inner.held;
             let Some((tenant, waiter)) = inner
                 .queue
@@ -224,12 +350,12 @@ impl Pool {
     /// (down to `min_size`) and dead idle servers, then opens servers up to
     /// `min_size`. Run periodically.
     pub async fn maintain(self: &Arc<Self>) {
-        let timeout = self.cluster.server_idle_timeout;
+        let timeout = self.cluster().server_idle_timeout;
         {
             let mut inner = self.lock();
             inner.idle.retain(Server::looks_alive);
             // Oldest idle servers are at the front.
-            while inner.open() > self.settings.min_size
+            while inner.open() > inner.sizes.min_size
                 && inner
                     .idle
                     .first()
@@ -246,7 +372,7 @@ impl Pool {
                     lease.release();
                 }
                 Err(e) => {
-                    tracing::warn!(pool = %self.settings.label, cluster = %self.cluster.name, error = %e, "could not open a server for min_pool_size");
+                    tracing::warn!(pool = %self.identity.label, cluster = %self.cluster().name, error = %e, "could not open a server for min_pool_size");
                     return;
                 }
             }
@@ -256,7 +382,7 @@ impl Pool {
     /// Capacity for one more server while the pool is below `min_size` and nobody waits.
     fn reserve_for_minimum(self: &Arc<Self>) -> Option<Lease> {
         let mut inner = self.lock();
-        if inner.open() >= self.settings.min_size || !inner.queue.is_empty() {
+        if inner.open() >= inner.sizes.min_size || !inner.queue.is_empty() {
             return None;
         }
         let tenant: Arc<str> = Arc::from("");
@@ -316,6 +442,31 @@ impl Drop for Lease {
             }
             self.pool.give_back(&self.tenant, None);
         }
+    }
+}
+
+/// A logged-in client of a pool, for its gauges.
+pub struct PoolMember(Arc<Pool>);
+
+impl Drop for PoolMember {
+    fn drop(&mut self) {
+        self.0.clients.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// A server being opened, for the `connecting` gauge.
+struct Connecting<'a>(&'a AtomicU32);
+
+impl<'a> Connecting<'a> {
+    fn new(count: &'a AtomicU32) -> Self {
+        count.fetch_add(1, Ordering::Relaxed);
+        Connecting(count)
+    }
+}
+
+impl Drop for Connecting<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
     }
 }
 

@@ -8,6 +8,7 @@ use std::sync::Arc;
 pub struct Waiter<T> {
     pub id: u64,
     pub tx: T,
+    pub since: std::time::Instant,
 }
 
 pub struct FairQueue<T> {
@@ -34,6 +35,14 @@ impl<T> FairQueue<T> {
 
     pub fn is_empty(&self) -> bool {
         self.len == 0
+    }
+
+    /// When the longest-waiting waiter started waiting.
+    pub fn oldest(&self) -> Option<std::time::Instant> {
+        self.by_tenant
+            .values()
+            .filter_map(|q| q.front().map(|w| w.since))
+            .min()
     }
 
     pub fn push(&mut self, tenant: &Arc<str>, waiter: Waiter<T>) {
@@ -86,6 +95,14 @@ impl<T> FairQueue<T> {
 mod tests {
     use super::*;
 
+    fn waiter(id: u64) -> Waiter<()> {
+        Waiter {
+            id,
+            tx: (),
+            since: std::time::Instant::now(),
+        }
+    }
+
     fn drain(q: &mut FairQueue<()>) -> Vec<(String, u64)> {
         std::iter::from_fn(|| q.pop(|_| true))
             .map(|(t, w)| (t.to_string(), w.id))
@@ -97,9 +114,9 @@ mod tests {
         let (a, b): (Arc<str>, Arc<str>) = ("a".into(), "b".into());
         let mut q = FairQueue::default();
         for id in 0..3 {
-            q.push(&a, Waiter { id, tx: () });
+            q.push(&a, waiter(id));
         }
-        q.push(&b, Waiter { id: 10, tx: () });
+        q.push(&b, waiter(10));
         let order = drain(&mut q);
         assert_eq!(
             order,
@@ -117,8 +134,8 @@ mod tests {
     fn ineligible_tenant_is_skipped_but_keeps_its_waiters() {
         let (a, b): (Arc<str>, Arc<str>) = ("a".into(), "b".into());
         let mut q = FairQueue::default();
-        q.push(&a, Waiter { id: 1, tx: () });
-        q.push(&b, Waiter { id: 2, tx: () });
+        q.push(&a, waiter(1));
+        q.push(&b, waiter(2));
         let (t, w) = q.pop(|t| t != "a").unwrap();
         assert_eq!((&*t, w.id), ("b", 2));
         assert!(q.pop(|t| t != "a").is_none());
@@ -129,8 +146,8 @@ mod tests {
     fn removed_waiters_leave_nothing_behind() {
         let a: Arc<str> = "a".into();
         let mut q = FairQueue::default();
-        q.push(&a, Waiter { id: 1, tx: () });
-        q.push(&a, Waiter { id: 2, tx: () });
+        q.push(&a, waiter(1));
+        q.push(&a, waiter(2));
         q.remove("a", 1);
         q.remove("a", 2);
         q.remove("a", 3);

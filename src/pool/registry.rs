@@ -1,11 +1,14 @@
 //! All pools of a config: one per (cluster, tier) that has tenants, one per
-//! tenant with a dedicated pool.
+//! tenant with a dedicated pool. On reload the new set is built from the old
+//! one: a pool whose cluster still opens the same servers is kept, with its
+//! servers, and only resized.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use super::{Pool, PoolSettings};
+use super::{Pool, PoolIdentity, PoolSizes};
 use crate::config::{Config, Tenant};
+use crate::metrics::Metrics;
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum PoolKey {
@@ -32,7 +35,8 @@ pub struct Pools {
 }
 
 impl Pools {
-    pub fn from_config(config: &Config) -> Pools {
+    /// The pools `config` needs, reusing those of `previous` that still fit.
+    pub fn from_config(config: &Config, previous: Option<&Pools>, metrics: &Metrics) -> Pools {
         let mut map = HashMap::new();
         for tenant in config.tenants.values() {
             let key = PoolKey::of(tenant);
@@ -41,21 +45,42 @@ impl Pools {
             }
             let tier = &config.tiers[&tenant.tier];
             let cluster = Arc::clone(&config.clusters[&tenant.cluster]);
-            let settings = match tenant.dedicated_pool_size {
-                Some(size) => PoolSettings {
-                    label: format!("tenant {}", tenant.id),
-                    max_size: size,
-                    min_size: tier.min_pool_size.min(size),
-                    max_tenant_share: size,
-                },
-                None => PoolSettings {
-                    label: tier.name.clone(),
-                    max_size: tier.pool_size,
-                    min_size: tier.min_pool_size,
-                    max_tenant_share: tier.max_tenant_share,
-                },
+            let (label, sizes) = match tenant.dedicated_pool_size {
+                Some(size) => (
+                    format!("tenant {}", tenant.id),
+                    PoolSizes {
+                        max_size: size,
+                        min_size: tier.min_pool_size.min(size),
+                        max_tenant_share: size,
+                    },
+                ),
+                None => (
+                    tier.name.clone(),
+                    PoolSizes {
+                        max_size: tier.pool_size,
+                        min_size: tier.min_pool_size,
+                        max_tenant_share: tier.max_tenant_share,
+                    },
+                ),
             };
-            map.insert(key, Pool::new(settings, cluster));
+            let kept = previous
+                .and_then(|p| p.map.get(&key))
+                .filter(|p| p.identity.tier == tier.name && p.cluster().same_servers(&cluster));
+            let pool = match kept {
+                Some(pool) => {
+                    pool.reconfigure(sizes, cluster);
+                    Arc::clone(pool)
+                }
+                None => {
+                    let identity = PoolIdentity {
+                        label,
+                        tier: tier.name.clone(),
+                    };
+                    let metrics = metrics.pool(&cluster.name, &tier.name);
+                    Pool::new(identity, sizes, cluster, metrics)
+                }
+            };
+            map.insert(key, pool);
         }
         Pools { map }
     }

@@ -119,16 +119,73 @@ pub fn query(buf: &mut BytesMut, sql: &str) {
     message(buf, b'Q', |b| put_cstr(b, sql.as_bytes()));
 }
 
+/// `text` in `pg_type`: every column the proxy returns itself is text.
+const TEXT_OID: i32 = 25;
+
+/// A RowDescription of text columns in text format.
+pub fn row_description(buf: &mut BytesMut, columns: &[&str]) {
+    message(buf, b'T', |b| {
+        b.put_i16(columns.len() as i16);
+        for name in columns {
+            put_cstr(b, name.as_bytes());
+            b.put_i32(0); // table oid
+            b.put_i16(0); // column number
+            b.put_i32(TEXT_OID);
+            b.put_i16(-1); // variable length
+            b.put_i32(-1); // no type modifier
+            b.put_i16(0); // text format
+        }
+    });
+}
+
+/// A DataRow; `None` is NULL.
+pub fn data_row<'a>(buf: &mut BytesMut, values: impl ExactSizeIterator<Item = Option<&'a str>>) {
+    message(buf, b'D', |b| {
+        b.put_i16(values.len() as i16);
+        for v in values {
+            match v {
+                Some(v) => {
+                    b.put_i32(v.len() as i32);
+                    b.put_slice(v.as_bytes());
+                }
+                None => b.put_i32(-1),
+            }
+        }
+    });
+}
+
+pub fn command_complete(buf: &mut BytesMut, tag: &str) {
+    message(buf, b'C', |b| put_cstr(b, tag.as_bytes()));
+}
+
+pub fn empty_query_response(buf: &mut BytesMut) {
+    message(buf, b'I', |_| {});
+}
+
+/// A NoticeResponse of severity NOTICE.
+pub fn notice(buf: &mut BytesMut, message_text: &str) {
+    message(buf, b'N', |b| {
+        for (tag, value) in [(b'S', "NOTICE"), (b'V', "NOTICE"), (b'C', "00000")] {
+            b.put_u8(tag);
+            put_cstr(b, value.as_bytes());
+        }
+        b.put_u8(b'M');
+        put_cstr(b, message_text.as_bytes());
+        b.put_u8(0);
+    });
+}
+
 pub fn terminate(buf: &mut BytesMut) {
     message(buf, b'X', |_| {});
 }
 
-/// A CancelRequest (frontend), sent on a fresh connection to the server.
+/// An SSLRequest (frontend), asking the server for TLS.
 pub fn ssl_request(buf: &mut BytesMut) {
     buf.put_i32(8);
     buf.put_i32(super::startup::SSL_REQUEST_CODE);
 }
 
+/// A CancelRequest (frontend), sent on a fresh connection to the server.
 pub fn cancel_request(buf: &mut BytesMut, process_id: i32, secret: i32) {
     buf.put_i32(16);
     buf.put_i32(super::startup::CANCEL_REQUEST_CODE);

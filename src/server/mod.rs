@@ -69,6 +69,7 @@ pub struct Server {
     /// Session settings its last client left, beyond the tenant context.
     pub settings: std::collections::BTreeMap<String, String>,
     pub idle_since: Instant,
+    pub connected_at: std::time::SystemTime,
 }
 
 impl Server {
@@ -83,6 +84,7 @@ impl Server {
             statements: ServerStatements::default(),
             settings: Default::default(),
             idle_since: Instant::now(),
+            connected_at: std::time::SystemTime::now(),
         }
     }
 

@@ -12,9 +12,10 @@ use super::io::{SessionIoError, read_message, send};
 use super::settings::{self, Settings};
 use super::{ClientSlot, Deps};
 use crate::auth::{self, AuthError, scram};
-use crate::config::{PoolMode, Secret, Tenant, Tier};
+use crate::config::{AdminRole, PoolMode, Secret, Tenant, Tier};
 use crate::error::ClientError;
-use crate::pool::Pool;
+use crate::metrics::TenantStats;
+use crate::pool::{Pool, PoolMember};
 use crate::protocol::{TxStatus, build, frame::read_cstr, startup::StartupMessage};
 use crate::tenant::guard::Policy;
 use crate::tenant::{context::TenantContext, resolve};
@@ -59,7 +60,24 @@ pub struct LoggedIn {
     pub session_mode: bool,
     /// Held for the session's lifetime: counts toward `max_client_connections`.
     pub _client_slot: ClientSlot,
+    /// Counts the client in its pool's gauges.
+    pub member: PoolMember,
+    pub stats: Arc<TenantStats>,
 }
+
+/// Who logged in: a tenant's client, or an operator on the admin console.
+pub enum Login {
+    Tenant(LoggedIn),
+    Admin(AdminLogin),
+}
+
+pub struct AdminLogin {
+    pub user: String,
+    pub role: AdminRole,
+}
+
+/// The virtual database of the admin console.
+pub const ADMIN_DATABASE: &str = "pgtenant";
 
 pub async fn login<S: AsyncRead + AsyncWrite + Unpin>(
     stream: &mut S,
@@ -69,7 +87,7 @@ pub async fn login<S: AsyncRead + AsyncWrite + Unpin>(
     cancel_key: (i32, &[u8]),
     end_point: Option<&[u8]>,
     peer: IpAddr,
-) -> Result<LoggedIn, LoginError> {
+) -> Result<Login, LoginError> {
     let mut out = BytesMut::new();
     if startup.needs_negotiation() {
         build::negotiate_protocol_version(
@@ -95,29 +113,46 @@ pub async fn login<S: AsyncRead + AsyncWrite + Unpin>(
         tracing::warn!(%peer, user, "login refused unchecked: too many failed logins from this address");
         return Err(ClientError::login_throttled(left).into());
     }
+    let admin = config
+        .admin_users
+        .get(user)
+        .filter(|_| startup.database() == ADMIN_DATABASE);
     let credential = resolve::credential(config, user);
-    authenticate(
-        stream,
-        buf,
-        user,
-        credential.as_ref().map(|c| c.secret),
-        &deps.mock_seed,
-        end_point,
-    )
-    .await
-    .map_err(|e| {
-        tracing::info!(%peer, user, reason = %e, "authentication failed");
-        match e {
-            LoginError::Refused(_) => {
-                deps.throttle.failed(peer, max_failures, window);
-                LoginError::Refused(ClientError::auth_failed(user))
+    let secret = match admin {
+        Some(admin) => Some(&admin.secret),
+        None => credential.as_ref().map(|c| c.secret),
+    };
+    authenticate(stream, buf, user, secret, &deps.mock_seed, end_point)
+        .await
+        .map_err(|e| {
+            tracing::info!(target: "pgtenant::audit", event = "login", outcome = "failed", %peer, user, reason = %e);
+            match e {
+                LoginError::Refused(_) => {
+                    deps.throttle.failed(peer, max_failures, window);
+                    LoginError::Refused(ClientError::auth_failed(user))
+                }
+                other => other,
             }
-            other => other,
+        })?;
+    if let Some(admin) = admin {
+        build::authentication_ok(&mut out);
+        for (name, value) in ADMIN_PARAMS {
+            build::parameter_status(&mut out, name, value);
         }
-    })?;
+        build::backend_key_data(&mut out, cancel_key.0, cancel_key.1);
+        build::ready_for_query(&mut out, TxStatus::Idle);
+        send(stream, &out).await?;
+        tracing::info!(target: "pgtenant::audit", event = "login", outcome = "ok", %peer, user, admin = ?admin.role);
+        return Ok(Login::Admin(AdminLogin {
+            user: user.to_owned(),
+            role: admin.role,
+        }));
+    }
     let credential = credential.expect("authentication succeeded, so the user exists");
 
-    let tenant = resolve::tenant(config, &credential.tenant_id)?;
+    let tenant = resolve::tenant(config, &credential.tenant_id).inspect_err(|e| {
+        tracing::info!(target: "pgtenant::audit", event = "login", outcome = "refused", %peer, user, reason = %e);
+    })?;
     let cluster = &config.clusters[&tenant.cluster];
     if startup.database() != cluster.database {
         return Err(ClientError::unknown_database(startup.database()).into());
@@ -157,7 +192,9 @@ pub async fn login<S: AsyncRead + AsyncWrite + Unpin>(
     send(stream, &out).await?;
 
     let context = Arc::clone(&runtime.contexts[&tenant.id]);
-    Ok(LoggedIn {
+    Ok(Login::Tenant(LoggedIn {
+        member: pool.member(),
+        stats: deps.metrics.tenants.stats(&tenant.id),
         settings,
         tenant_setting: Arc::from(config.tenant_setting.as_str()),
         session_mode: credential
@@ -171,8 +208,22 @@ pub async fn login<S: AsyncRead + AsyncWrite + Unpin>(
         _client_slot: client_slot,
         tenant,
         tier,
-    })
+    }))
 }
+
+/// What the admin console tells clients about itself at login.
+const ADMIN_PARAMS: &[(&str, &str)] = &[
+    (
+        "server_version",
+        concat!("15.0 (pgtenant ", env!("CARGO_PKG_VERSION"), ")"),
+    ),
+    ("server_encoding", "UTF8"),
+    ("client_encoding", "UTF8"),
+    ("DateStyle", "ISO, MDY"),
+    ("integer_datetimes", "on"),
+    ("standard_conforming_strings", "on"),
+    ("application_name", ""),
+];
 
 /// The parameters shown at login come from a real server of the tenant's pool;
 /// the first login on a pool opens one to learn them.
@@ -191,8 +242,9 @@ async fn server_params(
             Ok(params)
         }
         Err(e) => {
-            tracing::warn!(cluster = %pool.cluster.name, error = %e, "no server for a login");
-            Err(ClientError::server_connect_failed(&pool.cluster.name).fatal())
+            let cluster = pool.cluster();
+            tracing::warn!(cluster = %cluster.name, error = %e, "no server for a login");
+            Err(ClientError::server_connect_failed(&cluster.name).fatal())
         }
     }
 }

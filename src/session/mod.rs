@@ -3,7 +3,9 @@
 //! (transactions on pooled servers). A CancelRequest connection ends after
 //! [`cancel`] has forwarded it. Only this module writes to clients.
 
+mod admin;
 pub mod cancel;
+pub mod control;
 mod handshake;
 mod io;
 mod login;
@@ -13,11 +15,13 @@ mod throttle;
 mod tracker;
 
 use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use arc_swap::ArcSwap;
-use std::net::SocketAddr;
+use tokio::task::AbortHandle;
 
 use bytes::BytesMut;
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -25,42 +29,14 @@ use tokio::net::TcpStream;
 
 use crate::config::{Config, Limits};
 use crate::error::ClientError;
-use crate::pool::Pools;
+use crate::metrics::Metrics;
 use crate::protocol::startup::StartupMessage;
-use crate::tenant::context::TenantContext;
+pub use crate::runtime::Runtime;
 use crate::tls::ClientTlsMode;
 use cancel::CancelRegistry;
+use control::Control;
 use handshake::{Handshake, HandshakeError};
-use login::LoginError;
-
-/// What a config turns into at run time: pools and pre-encoded tenant contexts.
-/// A session keeps the snapshot it logged in with.
-pub struct Runtime {
-    pub config: Arc<Config>,
-    pub pools: Pools,
-    pub contexts: HashMap<String, Arc<TenantContext>>,
-}
-
-impl Runtime {
-    pub fn new(config: Arc<Config>) -> Runtime {
-        let contexts = config
-            .tenants
-            .values()
-            .map(|t| {
-                let tier = &config.tiers[&t.tier];
-                (
-                    t.id.clone(),
-                    Arc::new(TenantContext::new(&config.tenant_setting, t, tier)),
-                )
-            })
-            .collect();
-        Runtime {
-            pools: Pools::from_config(&config),
-            contexts,
-            config,
-        }
-    }
-}
+use login::{Login, LoginError};
 
 /// Shared state every session gets.
 pub struct Deps {
@@ -73,10 +49,18 @@ pub struct Deps {
     pub throttle: throttle::Throttle,
     /// Seeds the stable fake salts of unknown users.
     pub mock_seed: [u8; 32],
+    pub control: Arc<Control>,
+    pub metrics: Arc<Metrics>,
+    /// The file the config came from, for reloads; `None` when built in memory.
+    pub config_path: Option<PathBuf>,
+    /// One reload at a time.
+    reloading: tokio::sync::Mutex<()>,
 }
 
 impl Deps {
-    pub fn new(runtime: Runtime) -> Deps {
+    pub fn new(config: Config, config_path: Option<PathBuf>) -> Deps {
+        let metrics = Arc::new(Metrics::new(config.metrics.max_tenant_series));
+        let runtime = Runtime::new(Arc::new(config), None, &metrics);
         Deps {
             runtime: ArcSwap::from_pointee(runtime),
             cancels: Arc::default(),
@@ -84,7 +68,74 @@ impl Deps {
             connections: Arc::default(),
             throttle: Default::default(),
             mock_seed: rand::random(),
+            control: Arc::default(),
+            metrics,
+            config_path,
+            reloading: tokio::sync::Mutex::new(()),
         }
+    }
+
+    /// Re-reads the config file and, if it is valid as a whole, swaps it in.
+    /// On any error the running config stays and the errors are returned (and
+    /// logged, and counted). `why` names the trigger for the audit log.
+    pub async fn reload(&self, why: &str) -> Result<(), String> {
+        let _one = self.reloading.lock().await;
+        let result = self.try_reload().await;
+        match &result {
+            Ok(()) => {
+                self.metrics.reloads.inc();
+                self.metrics.loaded_now();
+                tracing::info!(target: "pgtenant::audit", event = "reload", outcome = "ok", trigger = why, "configuration reloaded");
+            }
+            Err(e) => {
+                self.metrics.reload_failures.inc();
+                tracing::error!(target: "pgtenant::audit", event = "reload", outcome = "refused", trigger = why, "configuration not reloaded, the running one stays:\n{e}");
+            }
+        }
+        result
+    }
+
+    async fn try_reload(&self) -> Result<(), String> {
+        let path = self
+            .config_path
+            .as_ref()
+            .ok_or("this proxy was started without a config file")?;
+        let mut config = crate::config::load(path).map_err(|e| {
+            e.0.iter()
+                .map(|e| format!("{}: {e}", path.display()))
+                .collect::<Vec<_>>()
+                .join("\n")
+        })?;
+        crate::runtime::check_roles(&config).await?;
+        let old = self.runtime.load_full();
+        // Bound sockets and the log format stay until a restart.
+        for (key, was, now) in [
+            ("listen", &old.config.listen, &config.listen),
+            (
+                "metrics.listen",
+                &format!("{:?}", old.config.metrics.listen),
+                &format!("{:?}", config.metrics.listen),
+            ),
+            (
+                "log_format",
+                &format!("{:?}", old.config.log_format),
+                &format!("{:?}", config.log_format),
+            ),
+        ] {
+            if was != now {
+                tracing::warn!(key, "changed in the file; takes effect at the next restart");
+            }
+        }
+        config.listen.clone_from(&old.config.listen);
+        config.metrics.listen.clone_from(&old.config.metrics.listen);
+        config.log_format = old.config.log_format;
+        self.metrics
+            .tenants
+            .set_max(config.metrics.max_tenant_series);
+        let runtime = Runtime::new(Arc::new(config), Some(&old), &self.metrics);
+        self.runtime.store(Arc::new(runtime));
+        self.control.reloaded();
+        Ok(())
     }
 }
 
@@ -171,7 +222,14 @@ impl Drop for ClientSlot {
 }
 
 /// Serves one client connection to its end. Errors are logged here, once.
-pub async fn serve(tcp: TcpStream, deps: Arc<Deps>, peer: SocketAddr, _slot: ConnectionSlot) {
+/// `task` is this session's own task, for `KILL`.
+pub async fn serve(
+    tcp: TcpStream,
+    deps: Arc<Deps>,
+    peer: SocketAddr,
+    _slot: ConnectionSlot,
+    task: Arc<OnceLock<AbortHandle>>,
+) {
     let runtime = deps.runtime.load_full();
     let config = &runtime.config;
     let limits = config.limits.clone();
@@ -203,39 +261,49 @@ pub async fn serve(tcp: TcpStream, deps: Arc<Deps>, peer: SocketAddr, _slot: Con
                 return;
             }
             drop(runtime);
-            return session(stream, startup, None, deps, peer, deadline, limits).await;
+            let place = Place {
+                peer,
+                task,
+                deadline,
+            };
+            return session(stream, startup, None, deps, place, limits).await;
         }
         Ok(Ok(Handshake::Tls(stream, startup, end_point))) => (stream, startup, end_point),
     };
     drop(runtime);
-    session(
-        *stream,
-        startup,
-        Some(end_point),
-        deps,
+    let place = Place {
         peer,
+        task,
         deadline,
-        limits,
-    )
-    .await;
+    };
+    session(*stream, startup, Some(end_point), deps, place, limits).await;
 }
 
-/// Login, then the relay, on a plain or a TLS stream (one copy of each, so the
-/// plain path pays nothing for TLS).
+/// Where a session comes from and runs.
+struct Place {
+    peer: SocketAddr,
+    task: Arc<OnceLock<AbortHandle>>,
+    /// The login deadline.
+    deadline: tokio::time::Instant,
+}
+
+/// Login, then the relay (or the admin console), on a plain or a TLS stream
+/// (one copy of each, so the plain path pays nothing for TLS).
 async fn session<S: AsyncRead + AsyncWrite + Unpin + Send>(
     mut stream: S,
     startup: StartupMessage,
     end_point: Option<Arc<[u8]>>,
     deps: Arc<Deps>,
-    peer: SocketAddr,
-    deadline: tokio::time::Instant,
+    place: Place,
     limits: Limits,
 ) {
+    let peer = place.peer;
     let mut buf = BytesMut::with_capacity(8192);
     let cancel = deps.cancels.register(startup.cancel_key_len());
     let key = (cancel.slot.process_id, cancel.slot.secret());
+    let tls = end_point.is_some();
     let logged_in = tokio::time::timeout_at(
-        deadline,
+        place.deadline,
         login::login(
             &mut stream,
             &mut buf,
@@ -248,8 +316,15 @@ async fn session<S: AsyncRead + AsyncWrite + Unpin + Send>(
     )
     .await;
     let client = match logged_in {
-        Ok(Ok(client)) => client,
+        Ok(Ok(Login::Tenant(client))) => client,
+        Ok(Ok(Login::Admin(user))) => {
+            admin::Console::new(stream, buf, user, deps, peer)
+                .run()
+                .await;
+            return;
+        }
         Ok(Err(LoginError::Refused(e))) => {
+            deps.metrics.auth_failures.inc();
             io::close_with_error(&mut stream, &e).await;
             return;
         }
@@ -262,11 +337,21 @@ async fn session<S: AsyncRead + AsyncWrite + Unpin + Send>(
             return;
         }
     };
-    tracing::debug!(%peer, tenant = %client.tenant.id, "client logged in");
-    if let Err(e) = relay::Relay::new(stream, buf, client, cancel, &limits)
-        .run()
-        .await
-    {
+    deps.metrics.logins.inc();
+    let entry = control::ClientEntry::new(
+        startup.user(),
+        startup.database(),
+        Arc::clone(&client.tenant_key),
+        &client.tier.name,
+        peer,
+        tls,
+        startup.get("application_name").unwrap_or(""),
+        place.task,
+    );
+    let registered = deps.control.register(entry);
+    tracing::info!(target: "pgtenant::audit", event = "login", outcome = "ok", %peer, user = startup.user(), tenant = %client.tenant.id, tls);
+    let relay = relay::Relay::new(stream, buf, client, cancel, &limits, &deps, registered);
+    if let Err(e) = relay.run().await {
         tracing::info!(%peer, error = %e, "client session ended with an error");
     }
 }

@@ -12,11 +12,13 @@ use std::time::Instant;
 use bytes::{Buf, BytesMut};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
 
+use super::Deps;
 use super::cancel::CancelGuard;
+use super::control::{ClientState, Registered};
 use super::io::{SessionIoError, close_with_error, fill_message, send, send_error};
 use super::login::LoggedIn;
 use super::settings::{self, Settings};
-use super::tracker::{Action, Statements, Tracker};
+use super::tracker::{Action, Statements, Tracker, error_code};
 use crate::config::Limits;
 use crate::error::ClientError;
 use crate::pool::{CheckoutError, Lease};
@@ -93,6 +95,22 @@ pub struct Relay<S> {
     max_message: usize,
     server_statements: usize,
     client_statements: usize,
+    deps: Arc<Deps>,
+    /// This client in the admin console's list.
+    registered: Registered,
+    /// Wakes the idle client when operators change something.
+    changes: tokio::sync::watch::Receiver<()>,
+    /// The config generation `session` was resolved in.
+    generation: u64,
+    /// Counted during a transaction, added to the metrics at its end.
+    counts: Counts,
+}
+
+#[derive(Default)]
+struct Counts {
+    queries: u64,
+    received: u64,
+    sent: u64,
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin> Relay<S> {
@@ -102,6 +120,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Relay<S> {
         mut session: LoggedIn,
         cancel: CancelGuard,
         limits: &Limits,
+        deps: &Arc<Deps>,
+        registered: Registered,
     ) -> Self {
         let policy = Policy {
             tenant_setting: Arc::clone(&session.tenant_setting),
@@ -127,6 +147,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Relay<S> {
             max_message: limits.max_message_size,
             server_statements: limits.max_prepared_statements,
             client_statements: limits.max_client_prepared_statements,
+            changes: deps.control.subscribe(),
+            generation: deps.control.generation(),
+            deps: Arc::clone(deps),
+            registered,
+            counts: Counts::default(),
         }
     }
 
@@ -149,24 +174,111 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Relay<S> {
                 Some(ClientError::protocol_violation(e))
             }
             Err(RelayError::ServerLost(_)) => {
-                Some(ClientError::server_lost(&self.session.pool.cluster.name))
+                Some(ClientError::server_lost(&self.session.pool.cluster().name))
             }
-            Err(RelayError::ContextFailed(_)) => {
-                Some(ClientError::context_failed(&self.session.pool.cluster.name))
-            }
+            Err(RelayError::ContextFailed(_)) => Some(ClientError::context_failed(
+                &self.session.pool.cluster().name,
+            )),
             _ => None,
         };
         if let Some(e) = shown {
+            self.count_error(e.code.as_bytes());
             close_with_error(&mut self.client, &e).await;
         }
         result
     }
 
+    /// The next whole client message, waiting while idle; closes the session
+    /// (as an error for the client) when operators ended it meanwhile.
+    /// Cancel-safe: bytes read stay in `cbuf`.
+    async fn next_message(&mut self) -> Result<Option<(u8, usize)>, RelayError> {
+        loop {
+            self.check_standing()?;
+            tokio::select! {
+                biased;
+                message = fill_message(&mut self.client, &mut self.cbuf, self.max_message) => {
+                    return Ok(message?);
+                }
+                _ = self.changes.changed() => {}
+            }
+        }
+    }
+
+    /// At a transaction boundary: may this session go on? Killed, shutting
+    /// down, or its tenant removed by a reload: no. A reload that kept the
+    /// tenant moves the session to the tenant's new tier, pool and context.
+    fn check_standing(&mut self) -> Result<(), RelayError> {
+        let refuse = |e| Err(RelayError::Refused(e));
+        if self.registered.entry.killed() {
+            return refuse(ClientError::killed_by_admin());
+        }
+        if self.deps.control.draining() {
+            return refuse(ClientError::shutting_down());
+        }
+        let generation = self.deps.control.generation();
+        if generation == self.generation {
+            return Ok(());
+        }
+        let runtime = self.deps.runtime.load_full();
+        let id = &self.session.tenant.id;
+        let tenant = match runtime.config.tenants.get(id) {
+            None => {
+                return refuse(ClientError::tenant_closed(
+                    id,
+                    "was removed from the configuration",
+                ));
+            }
+            Some(t) if t.disabled => return refuse(ClientError::tenant_closed(id, "was disabled")),
+            Some(t) => Arc::clone(t),
+        };
+        if self.held.is_some() {
+            // Session mode keeps its server (and pool) until the client leaves.
+            return Ok(());
+        }
+        self.generation = generation;
+        let tier = Arc::clone(&runtime.config.tiers[&tenant.tier]);
+        let pool = runtime
+            .pools
+            .for_tenant(&tenant)
+            .expect("every tenant has a pool");
+        if !Arc::ptr_eq(pool, &self.session.pool) {
+            self.session.member = pool.member();
+            self.session.pool = Arc::clone(pool);
+        }
+        self.session.context = Arc::clone(&runtime.contexts[id]);
+        self.policy.statement_timeout = tier.statement_timeout;
+        self.registered.entry.set_tier(&tier.name);
+        self.session.tier = tier;
+        self.session.tenant = tenant;
+        Ok(())
+    }
+
+    /// While operators pause the tenant (or its tier, or everything), its new
+    /// transactions wait here, without a timeout. `false`: the client left.
+    async fn wait_while_paused(&mut self) -> Result<bool, RelayError> {
+        let control = Arc::clone(&self.deps.control);
+        while control.is_paused(&self.session.tenant.id, &self.session.tier.name) {
+            self.registered.entry.set_state(ClientState::Waiting);
+            tokio::select! {
+                _ = self.changes.changed() => self.check_standing()?,
+                read = self.client.read_buf(&mut self.cbuf), if self.cbuf.len() < READ_AHEAD_LIMIT => {
+                    if read.map_err(client_io)? == 0 {
+                        return Ok(false);
+                    }
+                }
+            }
+        }
+        Ok(true)
+    }
+
+    fn count_error(&self, sqlstate: &[u8]) {
+        self.session.pool.metrics.error(sqlstate);
+        self.session.stats.errors.inc();
+    }
+
     async fn serve(&mut self) -> Result<(), RelayError> {
         loop {
-            let Some((tag, len)) =
-                fill_message(&mut self.client, &mut self.cbuf, self.max_message).await?
-            else {
+            let Some((tag, len)) = self.next_message().await? else {
                 return Ok(());
             };
             match tag {
@@ -188,23 +300,46 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Relay<S> {
                 self.transaction(lease).await?;
                 continue;
             }
+            if !self.wait_while_paused().await? {
+                return Ok(());
+            }
+            let entry = Arc::clone(&self.registered.entry);
+            entry.set_state(ClientState::Waiting);
+            // KILL may have looked at this client just before it left idle.
+            self.check_standing()?;
             let started = Instant::now();
             let Some(checkout) = self.checkout(started).await? else {
                 return Ok(());
             };
+            let waited = started.elapsed();
+            let metrics = Arc::clone(&self.session.pool.metrics);
             match checkout {
-                Ok(lease) => self.transaction(lease).await?,
+                Ok(mut lease) => {
+                    metrics.queue_wait.observe(waited);
+                    self.session
+                        .stats
+                        .queue_wait_micros
+                        .add(waited.as_micros() as u64);
+                    let server = lease.server();
+                    entry.set_server(server.id, server.cancel.process_id);
+                    entry.set_state(ClientState::Active);
+                    let result = self.transaction(lease).await;
+                    entry.set_server(0, 0);
+                    entry.set_state(ClientState::Idle);
+                    result?;
+                }
                 Err(CheckoutError::QueueTimeout) => {
-                    let label = self.session.pool.settings.label.clone();
-                    self.refuse_request(ClientError::queue_timeout(
-                        &label,
-                        started.elapsed().as_millis(),
-                    ))
-                    .await?;
+                    entry.set_state(ClientState::Idle);
+                    metrics.queue_timeouts.inc();
+                    let label = self.session.pool.identity.label.clone();
+                    self.refuse_request(ClientError::queue_timeout(&label, waited.as_millis()))
+                        .await?;
                 }
                 Err(CheckoutError::Connect(e)) => {
-                    tracing::warn!(cluster = %self.session.pool.cluster.name, error = %e, "server connect failed");
-                    let err = ClientError::server_connect_failed(&self.session.pool.cluster.name);
+                    entry.set_state(ClientState::Idle);
+                    let cluster = self.session.pool.cluster();
+                    tracing::warn!(cluster = %cluster.name, error = %e, "server connect failed");
+                    let err = ClientError::server_connect_failed(&cluster.name);
                     self.refuse_request(err).await?;
                 }
             }
@@ -246,6 +381,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Relay<S> {
     /// statement: the error, then (for extended protocol) everything up to its
     /// `Sync` is dropped, then `ReadyForQuery`. The session stays usable.
     async fn refuse_request(&mut self, err: ClientError) -> Result<(), RelayError> {
+        self.count_error(err.code.as_bytes());
         send_error(&mut self.client, &err)
             .await
             .map_err(client_io)?;
@@ -270,8 +406,19 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Relay<S> {
     async fn transaction(&mut self, lease: Lease) -> Result<(), RelayError> {
         let mut t = std::mem::take(&mut self.tracker);
         t.reset();
+        let began = Instant::now();
+        let metrics = Arc::clone(&lease.pool().metrics);
         let result = self.run_transaction(lease, &mut t).await;
         self.tracker = t;
+        let counts = std::mem::take(&mut self.counts);
+        metrics.transactions.inc();
+        metrics.transaction_time.observe(began.elapsed());
+        metrics.queries.add(counts.queries);
+        metrics.bytes_received.add(counts.received);
+        metrics.bytes_sent.add(counts.sent);
+        let stats = &self.session.stats;
+        stats.transactions.inc();
+        stats.queries.add(counts.queries);
         result
     }
 
@@ -402,6 +549,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Relay<S> {
         } else {
             &self.out[..]
         };
+        self.counts.received += n as u64;
         if !bytes.is_empty() {
             server
                 .stream
@@ -464,16 +612,25 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Relay<S> {
         let mut frames = Frames::new(buf, self.max_message);
         // `buf[..run]` is accounted for in `cout` once `edited`.
         let (mut run, mut edited) = (0, false);
+        // SQLSTATEs of errors shown to the client (rare: no allocation otherwise).
+        let mut errors: Vec<Box<[u8]>> = Vec::new();
         self.cout.clear();
         for frame in &mut frames {
             let frame = frame.map_err(|e| RelayError::ServerLost(std::io::Error::other(e)))?;
             match t.server_message(frame.tag, frame.body(buf), &mut st)? {
-                Action::Forward => {}
+                Action::Forward => match frame.tag {
+                    b'Z' => self.counts.queries += 1,
+                    b'E' => errors.push(error_code(frame.body(buf)).unwrap_or(b"XX").into()),
+                    _ => {}
+                },
                 Action::Swallow => {
                     self.cout.extend_from_slice(&buf[run..frame.start]);
                     (run, edited) = (frame.end, true);
                 }
                 Action::Replace(shown) => {
+                    if shown.first() == Some(&b'E') {
+                        errors.push(error_code(&shown[5..]).unwrap_or(b"XX").into());
+                    }
                     self.cout.extend_from_slice(&buf[run..frame.start]);
                     self.cout.extend_from_slice(&shown);
                     (run, edited) = (frame.end, true);
@@ -488,15 +645,20 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Relay<S> {
         if let Some(text) = t.context_error.take() {
             return Err(RelayError::ContextFailed(text));
         }
+        for code in errors {
+            self.count_error(&code);
+        }
         let consumed = frames.consumed();
         if edited {
             self.cout.extend_from_slice(&buf[run..consumed]);
+            self.counts.sent += self.cout.len() as u64;
             if !self.cout.is_empty() {
                 send(&mut self.client, &self.cout)
                     .await
                     .map_err(client_io)?;
             }
         } else if consumed > 0 {
+            self.counts.sent += consumed as u64;
             send(&mut self.client, &buf[..consumed])
                 .await
                 .map_err(client_io)?;

@@ -911,7 +911,7 @@ fn error_field(body: &[u8], wanted: u8) -> Option<&[u8]> {
     None
 }
 
-fn error_code(body: &[u8]) -> Option<&[u8]> {
+pub fn error_code(body: &[u8]) -> Option<&[u8]> {
     error_field(body, b'C')
 }
 

@@ -21,6 +21,8 @@ use crate::protocol::build;
 /// A tenant's pre-encoded context.
 #[derive(Debug, PartialEq, Eq)]
 pub struct TenantContext {
+    /// Whose context it is.
+    pub tenant: String,
     /// The `Query` messages, ready to write.
     pub wire: Bytes,
     /// How many `ReadyForQuery` replies they produce (and the relay swallows).
@@ -70,6 +72,7 @@ impl TenantContext {
             build::query(&mut wire, q);
         }
         TenantContext {
+            tenant: tenant.id.clone(),
             wire: wire.freeze(),
             replies: sql.len(),
             sql,

@@ -181,7 +181,7 @@ pub async fn start(yaml: &str) -> Proxy {
         .try_init();
     let config = pgtenant::config::parse(yaml, &env)
         .unwrap_or_else(|e| panic!("test config invalid:\n{e}\n{yaml}"));
-    let proxy = pgtenant::app::Proxy::bind(config)
+    let proxy = pgtenant::app::Proxy::bind(config, None)
         .await
         .expect("proxy starts");
     let port = proxy.local_addr().port();
@@ -189,6 +189,7 @@ pub async fn start(yaml: &str) -> Proxy {
     let (tx, rx) = oneshot::channel();
     tokio::spawn(proxy.run(async {
         let _ = rx.await;
+        pgtenant::app::Stop::Fast
     }));
     Proxy {
         port,

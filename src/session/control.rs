@@ -1,0 +1,370 @@
+//! What operators do to running sessions: reloads, pause and resume, kill,
+//! shutdown. Sessions read it at transaction boundaries (a few atomic loads)
+//! and, while idle, wait on [`Control::subscribe`] so a change reaches them at
+//! once. It also keeps the registry of logged-in clients the admin console lists.
+
+use std::collections::{BTreeSet, HashMap};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU8, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::SystemTime;
+
+use tokio::sync::watch;
+use tokio::task::AbortHandle;
+
+/// Where a pause applies.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Target {
+    All,
+    Tier(String),
+    Tenant(String),
+}
+
+#[derive(Debug, Default, Clone)]
+pub struct Paused {
+    pub all: bool,
+    pub tiers: BTreeSet<String>,
+    pub tenants: BTreeSet<String>,
+}
+
+impl Paused {
+    fn covers(&self, tenant: &str, tier: &str) -> bool {
+        self.all || self.tiers.contains(tier) || self.tenants.contains(tenant)
+    }
+
+    fn is_empty(&self) -> bool {
+        !self.all && self.tiers.is_empty() && self.tenants.is_empty()
+    }
+}
+
+pub struct Control {
+    changes: watch::Sender<()>,
+    /// Bumped by each applied reload; a session refreshes its tenant when it sees a new one.
+    generation: AtomicU64,
+    draining: AtomicBool,
+    any_paused: AtomicBool,
+    paused: Mutex<Paused>,
+    clients: Mutex<HashMap<u64, Arc<ClientEntry>>>,
+    next_client: AtomicU64,
+}
+
+impl Default for Control {
+    fn default() -> Self {
+        Control {
+            changes: watch::Sender::new(()),
+            generation: AtomicU64::new(0),
+            draining: AtomicBool::new(false),
+            any_paused: AtomicBool::new(false),
+            paused: Mutex::default(),
+            clients: Mutex::default(),
+            next_client: AtomicU64::new(1),
+        }
+    }
+}
+
+impl Control {
+    /// Wakes when anything here changes.
+    pub fn subscribe(&self) -> watch::Receiver<()> {
+        self.changes.subscribe()
+    }
+
+    fn changed(&self) {
+        self.changes.send_replace(());
+    }
+
+    pub fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Acquire)
+    }
+
+    /// Called after a new runtime is stored.
+    pub fn reloaded(&self) {
+        self.generation.fetch_add(1, Ordering::AcqRel);
+        self.changed();
+    }
+
+    pub fn draining(&self) -> bool {
+        self.draining.load(Ordering::Acquire)
+    }
+
+    /// SIGTERM: sessions close at their next transaction boundary.
+    pub fn begin_shutdown(&self) {
+        self.draining.store(true, Ordering::Release);
+        self.changed();
+    }
+
+    pub fn is_paused(&self, tenant: &str, tier: &str) -> bool {
+        self.any_paused.load(Ordering::Acquire) && self.lock_paused().covers(tenant, tier)
+    }
+
+    pub fn paused(&self) -> Paused {
+        self.lock_paused().clone()
+    }
+
+    pub fn pause(&self, target: &Target) {
+        self.edit_paused(|p| match target {
+            Target::All => p.all = true,
+            Target::Tier(t) => _ = p.tiers.insert(t.clone()),
+            Target::Tenant(t) => _ = p.tenants.insert(t.clone()),
+        });
+    }
+
+    /// `RESUME` with no target lifts every pause.
+    pub fn resume(&self, target: &Target) {
+        self.edit_paused(|p| match target {
+            Target::All => *p = Paused::default(),
+            Target::Tier(t) => _ = p.tiers.remove(t),
+            Target::Tenant(t) => _ = p.tenants.remove(t),
+        });
+    }
+
+    fn edit_paused(&self, edit: impl FnOnce(&mut Paused)) {
+        let mut paused = self.lock_paused();
+        edit(&mut paused);
+        self.any_paused.store(!paused.is_empty(), Ordering::Release);
+        drop(paused);
+        self.changed();
+    }
+
+    fn lock_paused(&self) -> std::sync::MutexGuard<'_, Paused> {
+        self.paused.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn lock_clients(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Arc<ClientEntry>>> {
+        self.clients.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Lists a logged-in client until the returned guard drops.
+    pub fn register(self: &Arc<Self>, mut entry: ClientEntry) -> Registered {
+        entry.id = self.next_client.fetch_add(1, Ordering::Relaxed);
+        let entry = Arc::new(entry);
+        self.lock_clients().insert(entry.id, Arc::clone(&entry));
+        Registered {
+            control: Arc::clone(self),
+            entry,
+        }
+    }
+
+    pub fn clients(&self) -> Vec<Arc<ClientEntry>> {
+        let mut clients: Vec<_> = self.lock_clients().values().cloned().collect();
+        clients.sort_by_key(|c| c.id);
+        clients
+    }
+
+    /// Ends every session of `tenant`: idle ones are told 57P01 at once, those
+    /// in a transaction are cut (their servers are closed, never reused).
+    /// Returns how many.
+    pub fn kill(&self, tenant: &str) -> usize {
+        let victims: Vec<_> = self
+            .clients()
+            .into_iter()
+            .filter(|c| &*c.tenant() == tenant)
+            .collect();
+        for c in &victims {
+            c.killed.store(true, Ordering::SeqCst);
+            if c.state() != ClientState::Idle
+                && let Some(abort) = c.abort.get()
+            {
+                abort.abort();
+            }
+        }
+        self.changed();
+        victims.len()
+    }
+
+    /// Clients of `tenant` in a transaction.
+    pub fn busy(&self, tenant: &str) -> usize {
+        self.clients()
+            .iter()
+            .filter(|c| &*c.tenant() == tenant && c.state() == ClientState::Active)
+            .count()
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum ClientState {
+    Idle = 0,
+    Waiting = 1,
+    Active = 2,
+}
+
+impl ClientState {
+    pub fn name(self) -> &'static str {
+        match self {
+            ClientState::Idle => "idle",
+            ClientState::Waiting => "waiting",
+            ClientState::Active => "active",
+        }
+    }
+}
+
+/// One logged-in client as the admin console shows it.
+pub struct ClientEntry {
+    pub id: u64,
+    pub user: String,
+    pub database: String,
+    pub addr: SocketAddr,
+    pub tls: bool,
+    pub application_name: String,
+    pub connected_at: SystemTime,
+    /// The tenant and its tier (a reload may move the tenant to another tier).
+    placement: Mutex<(Arc<str>, String)>,
+    state: AtomicU8,
+    /// Unix time in microseconds when its current or last request began.
+    request_at: AtomicU64,
+    /// The server it holds, 0 for none, and that server's backend pid.
+    server: AtomicU64,
+    server_pid: AtomicI32,
+    killed: AtomicBool,
+    /// Its task, so `KILL` can cut a session in the middle of a transaction.
+    abort: Arc<OnceLock<AbortHandle>>,
+}
+
+impl ClientEntry {
+    #[allow(clippy::too_many_arguments)] // one plain record, filled once at login
+    pub fn new(
+        user: &str,
+        database: &str,
+        tenant: Arc<str>,
+        tier: &str,
+        addr: SocketAddr,
+        tls: bool,
+        application_name: &str,
+        abort: Arc<OnceLock<AbortHandle>>,
+    ) -> ClientEntry {
+        ClientEntry {
+            id: 0,
+            user: user.to_owned(),
+            database: database.to_owned(),
+            addr,
+            tls,
+            application_name: application_name.to_owned(),
+            connected_at: SystemTime::now(),
+            placement: Mutex::new((tenant, tier.to_owned())),
+            state: AtomicU8::new(ClientState::Idle as u8),
+            request_at: AtomicU64::new(0),
+            server: AtomicU64::new(0),
+            server_pid: AtomicI32::new(0),
+            killed: AtomicBool::new(false),
+            abort,
+        }
+    }
+
+    fn lock_placement(&self) -> std::sync::MutexGuard<'_, (Arc<str>, String)> {
+        self.placement.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn tenant(&self) -> Arc<str> {
+        Arc::clone(&self.lock_placement().0)
+    }
+
+    pub fn tier(&self) -> String {
+        self.lock_placement().1.clone()
+    }
+
+    pub fn set_tier(&self, tier: &str) {
+        self.lock_placement().1 = tier.to_owned();
+    }
+
+    pub fn state(&self) -> ClientState {
+        match self.state.load(Ordering::SeqCst) {
+            1 => ClientState::Waiting,
+            2 => ClientState::Active,
+            _ => ClientState::Idle,
+        }
+    }
+
+    /// Sets the state; a new request also stamps `request_at`.
+    pub fn set_state(&self, state: ClientState) {
+        if state == ClientState::Waiting {
+            self.request_at.store(unix_micros(), Ordering::Relaxed);
+        }
+        self.state.store(state as u8, Ordering::SeqCst);
+    }
+
+    pub fn request_at(&self) -> Option<SystemTime> {
+        match self.request_at.load(Ordering::Relaxed) {
+            0 => None,
+            us => Some(SystemTime::UNIX_EPOCH + std::time::Duration::from_micros(us)),
+        }
+    }
+
+    /// The server it now holds (`id` 0: none).
+    pub fn set_server(&self, id: u64, pid: i32) {
+        self.server_pid.store(pid, Ordering::Relaxed);
+        self.server.store(id, Ordering::Relaxed);
+    }
+
+    /// The id and backend pid of the server it holds.
+    pub fn server(&self) -> Option<(u64, i32)> {
+        match self.server.load(Ordering::Relaxed) {
+            0 => None,
+            id => Some((id, self.server_pid.load(Ordering::Relaxed))),
+        }
+    }
+
+    pub fn killed(&self) -> bool {
+        self.killed.load(Ordering::SeqCst)
+    }
+}
+
+/// A registered client; dropping it removes the entry.
+pub struct Registered {
+    control: Arc<Control>,
+    pub entry: Arc<ClientEntry>,
+}
+
+impl Drop for Registered {
+    fn drop(&mut self) {
+        self.control.lock_clients().remove(&self.entry.id);
+    }
+}
+
+fn unix_micros() -> u64 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros() as u64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pauses_cover_all_a_tier_or_a_tenant_and_resume_lifts_them() {
+        let c = Control::default();
+        assert!(!c.is_paused("acme", "free"));
+        c.pause(&Target::Tier("free".into()));
+        assert!(c.is_paused("acme", "free"));
+        assert!(!c.is_paused("acme", "growth"));
+        c.pause(&Target::Tenant("globex".into()));
+        assert!(c.is_paused("globex", "growth"));
+        c.resume(&Target::Tier("free".into()));
+        assert!(!c.is_paused("acme", "free"));
+        c.pause(&Target::All);
+        assert!(c.is_paused("x", "y"));
+        c.resume(&Target::All);
+        assert!(!c.is_paused("globex", "growth"));
+    }
+
+    #[test]
+    fn a_registered_client_is_listed_until_dropped() {
+        let c = Arc::new(Control::default());
+        let entry = ClientEntry::new(
+            "u",
+            "db",
+            Arc::from("acme"),
+            "free",
+            "127.0.0.1:1".parse().unwrap(),
+            false,
+            "",
+            Arc::default(),
+        );
+        let registered = c.register(entry);
+        assert_eq!(c.clients().len(), 1);
+        assert_eq!(c.kill("acme"), 1);
+        assert!(registered.entry.killed());
+        drop(registered);
+        assert!(c.clients().is_empty());
+    }
+}
