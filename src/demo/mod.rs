@@ -40,6 +40,13 @@ pub fn seed(pg: &TempPostgres, backend_password: &str) -> anyhow::Result<()> {
              CREATE DATABASE {DATABASE} OWNER saas_owner"
         ),
     )?;
+    pg.psql(DATABASE, &schema_sql())?;
+    Ok(())
+}
+
+/// The demo's tables, policies, tenant schema and rows, run in [`DATABASE`]
+/// (also shipped as `docker/initdb/demo-schema.psql` for the compose demo).
+pub fn schema_sql() -> String {
     let mut sql = String::from(
         "REVOKE CREATE ON SCHEMA public FROM PUBLIC;
          SET ROLE saas_owner;
@@ -87,8 +94,7 @@ pub fn seed(pg: &TempPostgres, backend_password: &str) -> anyhow::Result<()> {
         }
         let _ = tier;
     }
-    pg.psql(DATABASE, &sql)?;
-    Ok(())
+    sql
 }
 
 /// The admin console user of the demo (`psql -d pgtenant`).

@@ -153,6 +153,8 @@ pub async fn server_connections(superuser: &Client) -> i64 {
 pub struct Proxy {
     pub port: u16,
     pub deps: std::sync::Arc<pgtenant::session::Deps>,
+    /// Where `/metrics` is served, when the config asks for it.
+    pub metrics: Option<std::net::SocketAddr>,
     stop: Option<oneshot::Sender<()>>,
 }
 
@@ -174,6 +176,18 @@ pub fn env(name: &str) -> Option<String> {
 
 /// Starts a proxy in-process on a free port.
 pub async fn start(yaml: &str) -> Proxy {
+    start_with(yaml, None).await
+}
+
+/// A proxy whose config lives in a file (returned), so it can be reloaded.
+pub async fn start_file(yaml: &str) -> (Proxy, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("proxy.yaml");
+    std::fs::write(&path, yaml).unwrap();
+    (start_with(yaml, Some(path)).await, dir)
+}
+
+async fn start_with(yaml: &str, path: Option<std::path::PathBuf>) -> Proxy {
     // RUST_LOG=pgtenant=debug shows the proxy's logs beside a failing test.
     let _ = tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
@@ -181,10 +195,11 @@ pub async fn start(yaml: &str) -> Proxy {
         .try_init();
     let config = pgtenant::config::parse(yaml, &env)
         .unwrap_or_else(|e| panic!("test config invalid:\n{e}\n{yaml}"));
-    let proxy = pgtenant::app::Proxy::bind(config, None)
+    let proxy = pgtenant::app::Proxy::bind(config, path)
         .await
         .expect("proxy starts");
     let port = proxy.local_addr().port();
+    let metrics = proxy.metrics_addr();
     let deps = std::sync::Arc::clone(proxy.deps());
     let (tx, rx) = oneshot::channel();
     tokio::spawn(proxy.run(async {
@@ -194,8 +209,147 @@ pub async fn start(yaml: &str) -> Proxy {
     Proxy {
         port,
         deps,
+        metrics,
         stop: Some(tx),
     }
+}
+
+/// `GET path` over HTTP/1.1: status code and body.
+pub async fn http_get(addr: std::net::SocketAddr, path: &str) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    stream
+        .write_all(format!("GET {path} HTTP/1.1\r\nHost: test\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).await.unwrap();
+    let (head, body) = response.split_once("\r\n\r\n").unwrap();
+    let status = head.split(' ').nth(1).unwrap().parse().unwrap();
+    (status, body.to_owned())
+}
+
+/// The real binary, `pgtenant run --config <path>`, with its log collected.
+pub struct Binary {
+    pub child: std::process::Child,
+    pub port: u16,
+    pub log: std::sync::Arc<std::sync::Mutex<String>>,
+}
+
+impl Binary {
+    pub fn start(path: &std::path::Path, rust_log: &str) -> Binary {
+        use std::io::BufRead;
+        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_pgtenant"))
+            .args(["run", "--config"])
+            .arg(path)
+            .env("RUST_LOG", rust_log)
+            .env("TEST_BACKEND_PASSWORD", BACKEND_PASSWORD)
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let log = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+        let (tx, rx) = std::sync::mpsc::channel();
+        let stderr = child.stderr.take().unwrap();
+        let sink = std::sync::Arc::clone(&log);
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                if line.contains("accepting clients") {
+                    let _ = tx.send(line.clone());
+                }
+                let mut log = sink.lock().unwrap();
+                log.push_str(&line);
+                log.push('\n');
+            }
+        });
+        let line = rx
+            .recv_timeout(std::time::Duration::from_secs(30))
+            .unwrap_or_else(|_| panic!("the binary did not start:\n{}", log.lock().unwrap()));
+        let port = line
+            .split("127.0.0.1:")
+            .nth(1)
+            .and_then(|p| {
+                p.chars()
+                    .take_while(char::is_ascii_digit)
+                    .collect::<String>()
+                    .parse()
+                    .ok()
+            })
+            .unwrap_or_else(|| panic!("no port in {line}"));
+        Binary { child, port, log }
+    }
+
+    pub fn signal(&self, name: &str) {
+        let ok = std::process::Command::new("kill")
+            .args([&format!("-{name}"), &self.child.id().to_string()])
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "kill -{name}");
+    }
+
+    pub fn log(&self) -> String {
+        self.log.lock().unwrap().clone()
+    }
+
+    /// The `/metrics` listener, from its start-up log line.
+    pub fn metrics_addr(&self) -> std::net::SocketAddr {
+        let log = self.log();
+        let line = log
+            .lines()
+            .find(|l| l.contains("serving /metrics"))
+            .unwrap_or_else(|| panic!("no metrics listener in the log:\n{log}"));
+        let port: String = line
+            .split("127.0.0.1:")
+            .nth(1)
+            .unwrap()
+            .chars()
+            .take_while(char::is_ascii_digit)
+            .collect();
+        format!("127.0.0.1:{port}").parse().unwrap()
+    }
+
+    /// Waits for the process to exit: its status and how long it took.
+    pub fn wait_exit(&mut self, limit: std::time::Duration) -> Option<std::process::ExitStatus> {
+        let until = std::time::Instant::now() + limit;
+        while std::time::Instant::now() < until {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return Some(status);
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        None
+    }
+
+    pub fn client_config(&self, user: &str, password: &str, db: &str) -> tokio_postgres::Config {
+        let mut config = tokio_postgres::Config::new();
+        config
+            .host("127.0.0.1")
+            .port(self.port)
+            .user(user)
+            .password(password)
+            .dbname(db);
+        config
+    }
+}
+
+impl Drop for Binary {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Connects and keeps the connection task's outcome: a fatal error the proxy
+/// sends to an idle client shows there.
+pub async fn connect_watched(
+    config: &tokio_postgres::Config,
+) -> (
+    Client,
+    tokio::task::JoinHandle<Result<(), tokio_postgres::Error>>,
+) {
+    let (client, conn) = config.connect(NoTls).await.expect("client connects");
+    (client, tokio::spawn(conn))
 }
 
 impl Proxy {
