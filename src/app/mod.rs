@@ -85,7 +85,6 @@ impl Proxy {
 
     /// Accepts clients until `stop` completes, then stops as it says.
     pub async fn run(self, stop: impl Future<Output = Stop>) -> anyhow::Result<()> {
-        tracing::info!(listen = %self.local_addr(), "pgtenant accepting clients");
         let mut tasks = vec![
             tokio::spawn(maintain(Arc::clone(&self.deps))),
             tokio::spawn(reload_on_hangup(Arc::clone(&self.deps))),
@@ -99,6 +98,7 @@ impl Proxy {
             let (deps, health) = (Arc::clone(&self.deps), Arc::clone(&self.health));
             tasks.push(tokio::spawn(http::serve(http, deps, health)));
         }
+        tracing::info!(listen = %self.listener.local_addr()?, "pgtenant accepting clients");
         tokio::pin!(stop);
         let how = loop {
             tokio::select! {

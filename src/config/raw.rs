@@ -114,6 +114,15 @@ pub enum AdminRole {
     Stats,
 }
 
+impl AdminRole {
+    pub fn name(self) -> &'static str {
+        match self {
+            AdminRole::Admin => "admin",
+            AdminRole::Stats => "stats",
+        }
+    }
+}
+
 fn default_context_setting() -> Spanned<String> {
     let loc = serde_saphyr::Location::UNKNOWN;
     Spanned::new("app.current_tenant".to_owned(), loc, loc)

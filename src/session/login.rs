@@ -142,7 +142,7 @@ pub async fn login<S: AsyncRead + AsyncWrite + Unpin>(
         build::backend_key_data(&mut out, cancel_key.0, cancel_key.1);
         build::ready_for_query(&mut out, TxStatus::Idle);
         send(stream, &out).await?;
-        tracing::info!(target: "pgtenant::audit", event = "login", outcome = "ok", %peer, user, admin = ?admin.role);
+        tracing::info!(target: "pgtenant::audit", event = "login", outcome = "ok", %peer, user, role = admin.role.name(), "admin console login");
         return Ok(Login::Admin(AdminLogin {
             user: user.to_owned(),
             role: admin.role,

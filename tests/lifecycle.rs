@@ -1,0 +1,516 @@
+//! The proxy's life while it serves: live reloads (valid ones applied as a
+//! diff, invalid ones refused with the running config kept), 20 reloads during
+//! pgbench without a failed transaction, SIGTERM drain and SIGINT exit through
+//! the real binary, and JSON logs with an audit trail.
+
+mod common;
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use common::*;
+
+const OPS_PASSWORD: &str = "ops-pw";
+
+fn with_ops(yaml: &str) -> String {
+    let scram = postgres_protocol::password::scram_sha_256(OPS_PASSWORD.as_bytes());
+    format!("{yaml}\nadmin:\n  users:\n    ops: {{ password: \"{scram}\", role: admin }}\n")
+}
+
+fn growth_pool(proxy: &Proxy) -> pgtenant::pool::PoolStats {
+    let runtime = proxy.deps.runtime.load_full();
+    let pool = runtime
+        .pools
+        .iter()
+        .find(|(_, p)| p.identity.label == "growth")
+        .map(|(_, p)| std::sync::Arc::clone(p))
+        .expect("growth pool");
+    pool.stats()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reload_applies_a_valid_file_as_a_diff_and_refuses_an_invalid_one() {
+    let db = pg().database("reload");
+    // The in-process proxy re-reads the file with the test process's
+    // environment, which has no TEST_BACKEND_PASSWORD.
+    let yaml = with_ops(&config(
+        &db,
+        TIERS,
+        &tenants("free", "free", "growth", "enterprise"),
+    ))
+    .replace("${TEST_BACKEND_PASSWORD}", BACKEND_PASSWORD);
+    let (proxy, dir) = start_file(&yaml).await;
+    let path = dir.path().join("proxy.yaml");
+    let acme = proxy.connect("acme", &db).await;
+    let pid = one(&acme, "SELECT pg_backend_pid()").await;
+    assert_eq!(one(&acme, "SHOW statement_timeout").await, "5s");
+    let (umbrella, umbrella_conn) =
+        connect_watched(&proxy.client_config("app.umbrella", APP_PASSWORD, &db)).await;
+    one(&umbrella, "SELECT 1").await;
+    // Two idle servers in the growth pool.
+    let (i1, i2) = (
+        proxy.connect("initech", &db).await,
+        proxy.connect("initech", &db).await,
+    );
+    i1.simple_query("BEGIN; SELECT 1").await.unwrap();
+    i2.simple_query("BEGIN; SELECT 1").await.unwrap();
+    i1.simple_query("COMMIT").await.unwrap();
+    i2.simple_query("COMMIT").await.unwrap();
+    // A server goes back to the pool just after its client has the reply.
+    let until = Instant::now() + Duration::from_secs(2);
+    while growth_pool(&proxy).idle != 2 && Instant::now() < until {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(growth_pool(&proxy).idle, 2);
+
+    // Valid: free's statement_timeout changes, growth shrinks to one server,
+    // umbrella is removed, hooli is added.
+    let changed = yaml
+        .replace("statement_timeout: 5s", "statement_timeout: 7s")
+        .replace(
+            "growth:     { pool_size: 3, max_tenant_share: 2",
+            "growth:     { pool_size: 1, max_tenant_share: 1",
+        )
+        .replace(
+            "  umbrella: { tier: free, cluster: main }\n",
+            "  hooli: { tier: growth, cluster: main }\n",
+        );
+    std::fs::write(&path, &changed).unwrap();
+    proxy
+        .deps
+        .reload("test")
+        .await
+        .expect("a valid file reloads");
+    assert_eq!(
+        one(&acme, "SHOW statement_timeout").await,
+        "7s",
+        "tier settings apply at the next transaction"
+    );
+    assert_eq!(
+        one(&acme, "SELECT pg_backend_pid()").await,
+        pid,
+        "an unchanged pool keeps its servers"
+    );
+    let growth = growth_pool(&proxy);
+    assert_eq!(
+        (growth.open, growth.sizes.max_size),
+        (1, 1),
+        "a smaller pool closes idle servers"
+    );
+    let ended = tokio::time::timeout(Duration::from_secs(5), umbrella_conn)
+        .await
+        .unwrap()
+        .unwrap();
+    let e = ended.expect_err("a removed tenant's client is told");
+    assert_eq!(code(&e), "57P01");
+    assert!(
+        e.as_db_error()
+            .unwrap()
+            .message()
+            .contains("umbrella\" was removed"),
+        "{e:?}"
+    );
+    let hooli = proxy.connect("hooli", &db).await;
+    assert_eq!(
+        one(&hooli, "SELECT current_setting('app.current_tenant')").await,
+        "hooli"
+    );
+    let e = proxy
+        .try_connect("app.umbrella", APP_PASSWORD, &db)
+        .await
+        .unwrap_err();
+    assert_eq!(code(&e), "28000");
+
+    // Invalid: refused with line and field; everything keeps running as it was.
+    std::fs::write(&path, changed.replace("pool_size: 1", "pool_size: 0")).unwrap();
+    let errors = proxy
+        .deps
+        .reload("test")
+        .await
+        .expect_err("an invalid file is refused");
+    assert!(errors.contains("tiers.growth.pool_size (line"), "{errors}");
+    assert_eq!(proxy.deps.metrics.reload_failures.get(), 1);
+    assert_eq!(proxy.deps.metrics.reloads.get(), 1);
+    assert_eq!(one(&acme, "SHOW statement_timeout").await, "7s");
+    assert_eq!(one(&hooli, "SELECT 'still serving'").await, "still serving");
+
+    // The console's RELOAD returns the errors to its caller.
+    let admin = proxy
+        .try_connect("ops", OPS_PASSWORD, "pgtenant")
+        .await
+        .unwrap();
+    let e = admin.simple_query("RELOAD").await.unwrap_err();
+    assert_eq!(code(&e), "F0000");
+    let message = e.as_db_error().unwrap().message().to_owned();
+    assert!(
+        message.contains("tiers.growth.pool_size (line") && message.contains("column"),
+        "{message}"
+    );
+    std::fs::write(&path, &changed).unwrap();
+    admin
+        .simple_query("RELOAD")
+        .await
+        .expect("RELOAD of a valid file");
+    assert_eq!(proxy.deps.metrics.reloads.get(), 2);
+}
+
+fn pgbench_init(db: &str) {
+    let bin = pgtenant::demo::postgres::find_bin().unwrap();
+    let init = std::process::Command::new(bin.join("pgbench"))
+        .args(["-i", "-s", "1", "-q", "-h"])
+        .arg(pg().pg.dir())
+        .args(["-p", &pg().pg.port().to_string(), "-U", "postgres", db])
+        .output()
+        .unwrap();
+    assert!(
+        init.status.success(),
+        "{}",
+        String::from_utf8_lossy(&init.stderr)
+    );
+    pg().psql(
+        db,
+        "GRANT SELECT, UPDATE, INSERT ON ALL TABLES IN SCHEMA public TO PUBLIC",
+    );
+}
+
+fn write(path: &Path, yaml: &str) {
+    // Whole-file replace, as editors and config management do.
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, yaml).unwrap();
+    std::fs::rename(&tmp, path).unwrap();
+}
+
+/// Reloads applied plus reloads refused, from `/metrics`.
+async fn reloads(addr: std::net::SocketAddr) -> (u64, u64) {
+    let (_, text) = http_get(addr, "/metrics").await;
+    let value = |name: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
+            .map_or(0, |v| v.parse().unwrap())
+    };
+    (
+        value("pgtenant_config_reloads_total"),
+        value("pgtenant_config_reload_failures_total"),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn twenty_reloads_during_pgbench_fail_no_transaction() {
+    let db = pg().database("reload_bench");
+    pgbench_init(&db);
+    let base = config(
+        &db,
+        "\n  shared: { pool_size: 4, max_tenant_share: 2, queue_timeout: 20s, statement_timeout: 30s }",
+        &tenants("shared", "shared", "shared", "shared"),
+    ) + "\nmetrics: { listen: \"127.0.0.1:0\" }\n";
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("proxy.yaml");
+    write(&path, &base);
+    let binary = Binary::start(&path, "info");
+    let metrics = binary.metrics_addr();
+    let bin = pgtenant::demo::postgres::find_bin().unwrap();
+    let port = binary.port.to_string();
+    let runs: Vec<_> = [
+        ("acme", "extended"),
+        ("initech", "prepared"),
+        ("globex", "simple"),
+    ]
+    .into_iter()
+    .map(|(tenant, mode)| {
+        tokio::process::Command::new(bin.join("pgbench"))
+            .args([
+                "-n",
+                "-c",
+                "4",
+                "-j",
+                "2",
+                "-T",
+                "12",
+                "-M",
+                mode,
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &port,
+                "-U",
+            ])
+            .arg(format!("app.{tenant}"))
+            .arg(&db)
+            .env("PGPASSWORD", APP_PASSWORD)
+            .output()
+    })
+    .collect();
+    let bench = tokio::spawn(futures_util::future::join_all(runs));
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    for i in 0..20u64 {
+        let yaml = if i % 4 == 3 {
+            // Invalid: a pool of zero, or an unknown key.
+            if i % 8 == 3 {
+                base.replace("queue_timeout:", "queue_timeout_typo: 1s, queue_timeout:")
+            } else {
+                base.replace("pool_size: 4", "pool_size: 0")
+            }
+        } else {
+            base.replace("pool_size: 4", &format!("pool_size: {}", 2 + i % 3))
+                .replace(
+                    "statement_timeout: 30s",
+                    &format!("statement_timeout: {}s", 30 + i),
+                )
+        };
+        write(&path, &yaml);
+        binary.signal("HUP");
+        let until = Instant::now() + Duration::from_secs(10);
+        loop {
+            let (ok, failed) = reloads(metrics).await;
+            if ok + failed == i + 1 {
+                break;
+            }
+            assert!(
+                Instant::now() < until,
+                "reload {i} not seen:\n{}",
+                binary.log()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    for (out, tenant) in bench
+        .await
+        .unwrap()
+        .into_iter()
+        .zip(["acme", "initech", "globex"])
+    {
+        let out = out.unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "{tenant}: {stdout}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(
+            stdout.contains("number of failed transactions: 0"),
+            "{tenant}: {stdout}"
+        );
+        let tx: u64 = stdout
+            .lines()
+            .find_map(|l| l.strip_prefix("number of transactions actually processed: "))
+            .and_then(|v| v.split('/').next())
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(0);
+        assert!(tx > 100, "{tenant}: {stdout}");
+    }
+    assert_eq!(reloads(metrics).await, (15, 5));
+    let log = binary.log();
+    assert_eq!(log.matches("configuration reloaded").count(), 15, "{log}");
+    assert!(
+        log.matches("configuration not reloaded").count() == 5
+            && log.contains("unknown field `queue_timeout_typo`")
+            && log.contains("tiers.shared.pool_size (line"),
+        "errors are logged with their place:\n{log}"
+    );
+}
+
+/// A config for the binary with a given `shutdown_timeout`.
+fn binary_config(db: &str, shutdown: &str) -> (tempfile::TempDir, std::path::PathBuf) {
+    let yaml = config(db, TIERS, &tenants("free", "free", "growth", "enterprise"))
+        + &format!("\nmetrics: {{ listen: \"127.0.0.1:0\" }}\nshutdown_timeout: {shutdown}\n");
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("proxy.yaml");
+    write(&path, &yaml);
+    (dir, path)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_drains_transactions_then_exits() {
+    let db = pg().database("sigterm");
+    let (_dir, path) = binary_config(&db, "20s");
+    let mut binary = Binary::start(&path, "info");
+    let metrics = binary.metrics_addr();
+    let config = binary.client_config("app.acme", APP_PASSWORD, &db);
+    let (busy, busy_conn) = connect_watched(&config).await;
+    let (idle, idle_conn) = connect_watched(&config).await;
+    one(&idle, "SELECT 1").await;
+    busy.simple_query("BEGIN; SELECT 1").await.unwrap();
+    binary.signal("TERM");
+
+    let ended = tokio::time::timeout(Duration::from_secs(5), idle_conn)
+        .await
+        .expect("idle client closed at once")
+        .unwrap();
+    assert_eq!(code(&ended.expect_err("told why")), "57P01");
+    let (status, body) = http_get(metrics, "/readyz").await;
+    assert_eq!((status, body.trim()), (503, "draining: shutting down"));
+    assert!(
+        config.connect(tokio_postgres::NoTls).await.is_err(),
+        "no new clients while draining"
+    );
+    // The transaction in flight runs to its end.
+    assert_eq!(one(&busy, "SELECT 'still running'").await, "still running");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        binary.child.try_wait().unwrap().is_none(),
+        "waits for the open transaction"
+    );
+    busy.simple_query("COMMIT")
+        .await
+        .expect("the transaction commits");
+    let ended = tokio::time::timeout(Duration::from_secs(5), busy_conn)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(code(&ended.expect_err("closed at the boundary")), "57P01");
+    let status = binary
+        .wait_exit(Duration::from_secs(5))
+        .expect("exits once drained");
+    assert!(status.success(), "{status}");
+    assert!(
+        binary.log().contains("drained; exiting"),
+        "{}",
+        binary.log()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_gives_up_after_shutdown_timeout_and_sigint_exits_at_once() {
+    let db = pg().database("sigint");
+    let (_dir, path) = binary_config(&db, "1s");
+    for (signal, limit) in [
+        ("TERM", Duration::from_millis(3000)),
+        ("INT", Duration::from_millis(1000)),
+    ] {
+        let mut binary = Binary::start(&path, "info");
+        let config = binary.client_config("app.acme", APP_PASSWORD, &db);
+        let (stuck, _conn) = connect_watched(&config).await;
+        stuck.simple_query("BEGIN; SELECT 1").await.unwrap();
+        let sent = Instant::now();
+        binary.signal(signal);
+        let status = binary
+            .wait_exit(limit)
+            .unwrap_or_else(|| panic!("SIG{signal}: still running after {limit:?}"));
+        assert!(status.success(), "SIG{signal}: {status}");
+        if signal == "TERM" {
+            assert!(
+                sent.elapsed() >= Duration::from_millis(900),
+                "SIGTERM waited for shutdown_timeout"
+            );
+        }
+        assert!(stuck.simple_query("SELECT 1").await.is_err());
+    }
+    // Neither left a transaction open on PostgreSQL.
+    let superuser = pg().superuser(&db).await;
+    let mut open = 1;
+    for _ in 0..50 {
+        open = superuser
+            .query_one("SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND state LIKE 'idle in transaction%'", &[])
+            .await
+            .unwrap()
+            .get::<_, i64>(0);
+        if open == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(open, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn json_logs_carry_an_audit_trail_without_secrets() {
+    let db = pg().database("audit");
+    let yaml = with_ops(&config(
+        &db,
+        TIERS,
+        &tenants("free", "free", "growth", "enterprise"),
+    )) + "log_format: json\n";
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("proxy.yaml");
+    write(&path, &yaml);
+    let binary = Binary::start(&path, "info");
+    let acme = binary
+        .client_config("app.acme", APP_PASSWORD, &db)
+        .connect(tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(acme.1);
+    one(&acme.0, "SELECT 1").await;
+    assert!(
+        binary
+            .client_config("app.acme", "not-the-password-93", &db)
+            .connect(tokio_postgres::NoTls)
+            .await
+            .is_err()
+    );
+    let (admin, conn) = binary
+        .client_config("ops", OPS_PASSWORD, "pgtenant")
+        .connect(tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    admin.simple_query("PAUSE TIER growth").await.unwrap();
+    admin.simple_query("RESUME").await.unwrap();
+    admin.simple_query("SHOW POOLS").await.unwrap();
+    binary.signal("HUP");
+    let until = Instant::now() + Duration::from_secs(10);
+    while !binary.log().contains("configuration reloaded") {
+        assert!(Instant::now() < until, "{}", binary.log());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    let log = binary.log();
+    let events: Vec<serde_json::Value> = log
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+        .collect();
+    let audit = |want: &[(&str, &str)]| {
+        events.iter().any(|e| {
+            e["target"] == "pgtenant::audit" && want.iter().all(|(k, v)| e[*k].as_str() == Some(*v))
+        })
+    };
+    assert!(
+        audit(&[("event", "login"), ("outcome", "ok"), ("tenant", "acme")]),
+        "{log}"
+    );
+    assert!(
+        audit(&[
+            ("event", "login"),
+            ("outcome", "failed"),
+            ("user", "app.acme")
+        ]),
+        "{log}"
+    );
+    assert!(
+        audit(&[("event", "login"), ("outcome", "ok"), ("user", "ops")]),
+        "{log}"
+    );
+    assert!(
+        audit(&[
+            ("event", "admin"),
+            ("command", "PAUSE TIER growth"),
+            ("user", "ops")
+        ]),
+        "{log}"
+    );
+    assert!(audit(&[("event", "admin"), ("command", "RESUME")]), "{log}");
+    assert!(
+        audit(&[
+            ("event", "reload"),
+            ("outcome", "ok"),
+            ("trigger", "SIGHUP")
+        ]),
+        "{log}"
+    );
+    assert!(
+        events.iter().any(|e| e["event"] == "login"
+            && e["peer"]
+                .as_str()
+                .is_some_and(|p| p.starts_with("127.0.0.1"))),
+        "logins carry the source address"
+    );
+    for secret in [
+        APP_PASSWORD,
+        BACKEND_PASSWORD,
+        OPS_PASSWORD,
+        "not-the-password-93",
+    ] {
+        assert!(!log.contains(secret), "the log holds {secret}:\n{log}");
+    }
+}
