@@ -16,25 +16,6 @@ fn shared_pool(db: &str) -> String {
     )
 }
 
-fn pgbench_init(db: &str) {
-    let bin = pgtenant::demo::postgres::find_bin().unwrap();
-    let init = std::process::Command::new(bin.join("pgbench"))
-        .args(["-i", "-s", "1", "-q", "-h"])
-        .arg(pg().pg.dir())
-        .args(["-p", &pg().pg.port().to_string(), "-U", "postgres", db])
-        .output()
-        .unwrap();
-    assert!(
-        init.status.success(),
-        "{}",
-        String::from_utf8_lossy(&init.stderr)
-    );
-    pg().psql(
-        db,
-        "GRANT SELECT, UPDATE, INSERT ON ALL TABLES IN SCHEMA public TO PUBLIC",
-    );
-}
-
 /// 32 clients over 3 tenants on `pool_size: 4`, in each of pgbench's modes
 /// (`-M prepared` uses named statements that must survive moving between servers).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -62,27 +43,7 @@ async fn pgbench_in_every_mode_over_three_tenants() {
             .into_iter()
             .zip(["acme", "umbrella", "initech"])
         {
-            let out = run.unwrap();
-            let stdout = String::from_utf8_lossy(&out.stdout);
-            assert!(
-                out.status.success(),
-                "{mode} {tenant}: {stdout}{}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-            assert!(
-                stdout.contains("number of failed transactions: 0"),
-                "{mode} {tenant}: {stdout}"
-            );
-            let tx: u64 = stdout
-                .lines()
-                .find_map(|l| l.strip_prefix("number of transactions actually processed: "))
-                .and_then(|v| v.split('/').next())
-                .and_then(|v| v.trim().parse().ok())
-                .unwrap_or(0);
-            assert!(
-                tx > 100,
-                "{mode} {tenant}: only {tx} transactions\n{stdout}"
-            );
+            assert_pgbench_clean(&format!("{mode} {tenant}"), &run.unwrap(), 100);
         }
     }
 }

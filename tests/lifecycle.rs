@@ -154,25 +154,6 @@ async fn reload_applies_a_valid_file_as_a_diff_and_refuses_an_invalid_one() {
     assert_eq!(proxy.deps.metrics.reloads.get(), 2);
 }
 
-fn pgbench_init(db: &str) {
-    let bin = pgtenant::demo::postgres::find_bin().unwrap();
-    let init = std::process::Command::new(bin.join("pgbench"))
-        .args(["-i", "-s", "1", "-q", "-h"])
-        .arg(pg().pg.dir())
-        .args(["-p", &pg().pg.port().to_string(), "-U", "postgres", db])
-        .output()
-        .unwrap();
-    assert!(
-        init.status.success(),
-        "{}",
-        String::from_utf8_lossy(&init.stderr)
-    );
-    pg().psql(
-        db,
-        "GRANT SELECT, UPDATE, INSERT ON ALL TABLES IN SCHEMA public TO PUBLIC",
-    );
-}
-
 fn write(path: &Path, yaml: &str) {
     // Whole-file replace, as editors and config management do.
     let tmp = path.with_extension("tmp");
@@ -280,24 +261,7 @@ async fn twenty_reloads_during_pgbench_fail_no_transaction() {
         .into_iter()
         .zip(["acme", "initech", "globex"])
     {
-        let out = out.unwrap();
-        let stdout = String::from_utf8_lossy(&out.stdout);
-        assert!(
-            out.status.success(),
-            "{tenant}: {stdout}{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        assert!(
-            stdout.contains("number of failed transactions: 0"),
-            "{tenant}: {stdout}"
-        );
-        let tx: u64 = stdout
-            .lines()
-            .find_map(|l| l.strip_prefix("number of transactions actually processed: "))
-            .and_then(|v| v.split('/').next())
-            .and_then(|v| v.trim().parse().ok())
-            .unwrap_or(0);
-        assert!(tx > 100, "{tenant}: {stdout}");
+        assert_pgbench_clean(tenant, &out.unwrap(), 100);
     }
     assert_eq!(reloads(metrics).await, (15, 5));
     let log = binary.log();
@@ -398,19 +362,7 @@ async fn sigterm_gives_up_after_shutdown_timeout_and_sigint_exits_at_once() {
     }
     // Neither left a transaction open on PostgreSQL.
     let superuser = pg().superuser(&db).await;
-    let mut open = 1;
-    for _ in 0..50 {
-        open = superuser
-            .query_one("SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND state LIKE 'idle in transaction%'", &[])
-            .await
-            .unwrap()
-            .get::<_, i64>(0);
-        if open == 0 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    assert_eq!(open, 0);
+    assert_eq!(open_transactions(&superuser).await, 0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -504,19 +504,11 @@ async fn kill_closes_idle_clients_with_57p01_and_cuts_running_ones() {
         .ok();
     assert!(stuck.simple_query("SELECT 1").await.is_err());
     // Its server was closed, not returned with an open transaction.
-    let mut left = 1;
-    for _ in 0..50 {
-        left = superuser
-            .query_one("SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND state LIKE 'idle in transaction%'", &[])
-            .await
-            .unwrap()
-            .get::<_, i64>(0);
-        if left == 0 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    assert_eq!(left, 0, "no transaction left open on a server");
+    assert_eq!(
+        open_transactions(&superuser).await,
+        0,
+        "no transaction left open on a server"
+    );
     assert_eq!(one(&other, "SELECT 'untouched'").await, "untouched");
     let again = proxy.connect("acme", &db).await;
     assert_eq!(

@@ -322,15 +322,83 @@ impl Binary {
     }
 
     pub fn client_config(&self, user: &str, password: &str, db: &str) -> tokio_postgres::Config {
-        let mut config = tokio_postgres::Config::new();
-        config
-            .host("127.0.0.1")
-            .port(self.port)
-            .user(user)
-            .password(password)
-            .dbname(db);
-        config
+        client_config(self.port, user, password, db)
     }
+}
+
+/// Driver settings for logging in through a proxy on `port`.
+pub fn client_config(port: u16, user: &str, password: &str, db: &str) -> tokio_postgres::Config {
+    let mut config = tokio_postgres::Config::new();
+    config
+        .host("127.0.0.1")
+        .port(port)
+        .user(user)
+        .password(password)
+        .dbname(db);
+    config
+}
+
+/// `pgbench -i -s 1` into `db`, with the tables open to the tenants' role.
+pub fn pgbench_init(db: &str) {
+    let bin = pgtenant::demo::postgres::find_bin().unwrap();
+    let init = std::process::Command::new(bin.join("pgbench"))
+        .args(["-i", "-s", "1", "-q", "-h"])
+        .arg(pg().pg.dir())
+        .args(["-p", &pg().pg.port().to_string(), "-U", "postgres", db])
+        .output()
+        .unwrap();
+    assert!(
+        init.status.success(),
+        "{}",
+        String::from_utf8_lossy(&init.stderr)
+    );
+    pg().psql(
+        db,
+        "GRANT SELECT, UPDATE, INSERT ON ALL TABLES IN SCHEMA public TO PUBLIC",
+    );
+}
+
+/// Asserts a pgbench run succeeded with no failed transaction and more than
+/// `at_least` done.
+pub fn assert_pgbench_clean(what: &str, out: &std::process::Output, at_least: u64) {
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{what}: {stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("number of failed transactions: 0"),
+        "{what}: {stdout}"
+    );
+    let tx: u64 = stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("number of transactions actually processed: "))
+        .and_then(|v| v.split('/').next())
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0);
+    assert!(tx > at_least, "{what}: only {tx} transactions\n{stdout}");
+}
+
+/// Waits (up to 2.5 s) for PostgreSQL to have no session of `superuser`'s
+/// database left idle in a transaction; returns how many there still are.
+pub async fn open_transactions(superuser: &Client) -> i64 {
+    let mut open = 0;
+    for _ in 0..50 {
+        open = superuser
+            .query_one(
+                "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND state LIKE 'idle in transaction%'",
+                &[],
+            )
+            .await
+            .unwrap()
+            .get::<_, i64>(0);
+        if open == 0 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    open
 }
 
 impl Drop for Binary {
@@ -369,14 +437,7 @@ impl Proxy {
 
     /// Driver settings for logging in through this proxy.
     pub fn client_config(&self, user: &str, password: &str, db: &str) -> tokio_postgres::Config {
-        let mut config = tokio_postgres::Config::new();
-        config
-            .host("127.0.0.1")
-            .port(self.port)
-            .user(user)
-            .password(password)
-            .dbname(db);
-        config
+        client_config(self.port, user, password, db)
     }
 
     pub async fn try_connect(
