@@ -7,10 +7,9 @@
 //! own handshake used, even when the files are re-read in between.
 
 use std::fmt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 
-use arc_swap::ArcSwapOption;
 use rustls::client::WebPkiServerVerifier;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::pki_types::pem::PemObject;
@@ -58,19 +57,18 @@ pub struct Listener {
     pub end_point: Arc<[u8]>,
 }
 
-/// The listener's TLS settings, with the certificate that is in use now. The
-/// files are re-read by [`ClientTls::reload`]; open connections keep theirs.
+/// The listener's TLS settings with their certificate, loaded with the config.
+/// A reload loads the files anew as part of the new config; open connections
+/// keep the certificate they started with.
 pub struct ClientTls {
     pub mode: ClientTlsMode,
-    files: Option<(PathBuf, PathBuf)>,
-    current: ArcSwapOption<Listener>,
+    listener: Option<Arc<Listener>>,
 }
 
 impl fmt::Debug for ClientTls {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("ClientTls")
             .field("mode", &self.mode)
-            .field("files", &self.files)
             .finish_non_exhaustive()
     }
 }
@@ -79,19 +77,16 @@ impl ClientTls {
     pub fn disabled() -> ClientTls {
         ClientTls {
             mode: ClientTlsMode::Disable,
-            files: None,
-            current: ArcSwapOption::empty(),
+            listener: None,
         }
     }
 
     /// Loads the certificate chain and key now, so a bad file is reported with
     /// the config rather than at the first client.
     pub fn load(mode: ClientTlsMode, cert: &Path, key: &Path) -> Result<ClientTls, TlsError> {
-        let listener = load_listener(cert, key)?;
         Ok(ClientTls {
             mode,
-            files: Some((cert.to_owned(), key.to_owned())),
-            current: ArcSwapOption::from_pointee(listener),
+            listener: Some(Arc::new(load_listener(cert, key)?)),
         })
     }
 
@@ -100,17 +95,7 @@ impl ClientTls {
         if self.mode == ClientTlsMode::Disable {
             return None;
         }
-        self.current.load_full()
-    }
-
-    /// Re-reads the certificate and key; on an error the old ones stay in use.
-    pub fn reload(&self) -> Result<(), TlsError> {
-        let Some((cert, key)) = &self.files else {
-            return Ok(());
-        };
-        self.current
-            .store(Some(Arc::new(load_listener(cert, key)?)));
-        Ok(())
+        self.listener.clone()
     }
 }
 

@@ -164,11 +164,7 @@ fn write(path: &Path, yaml: &str) {
 /// Reloads applied plus reloads refused, from `/metrics`.
 async fn reloads(addr: std::net::SocketAddr) -> (u64, u64) {
     let (_, text) = http_get(addr, "/metrics").await;
-    let value = |name: &str| {
-        text.lines()
-            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
-            .map_or(0, |v| v.parse().unwrap())
-    };
+    let value = |name: &str| sample(&text, name).unwrap_or(0.0) as u64;
     (
         value("pgtenant_config_reloads_total"),
         value("pgtenant_config_reload_failures_total"),

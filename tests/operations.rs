@@ -59,13 +59,6 @@ fn field<'a>(row: &'a [(String, String)], name: &str) -> &'a str {
         .unwrap_or_else(|| panic!("no column {name} in {row:?}"))
 }
 
-/// The value of one sample line, `name{labels} value`.
-fn sample(text: &str, series: &str) -> Option<f64> {
-    text.lines()
-        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
-        .map(|v| v.parse().unwrap())
-}
-
 fn promtool_check(text: &str) {
     use std::io::Write;
     let mut child = std::process::Command::new("promtool")

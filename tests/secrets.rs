@@ -5,8 +5,7 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader, Read};
-use std::process::{Command, Stdio};
+use std::process::Command;
 
 use common::*;
 
@@ -47,32 +46,9 @@ async fn no_secret_reaches_the_log_or_a_client() {
     let path = dir.path().join("proxy.yaml");
     std::fs::write(&path, &yaml).unwrap();
 
-    let mut child = Command::new(env!("CARGO_BIN_EXE_pgtenant"))
-        .args(["run", "--config"])
-        .arg(&path)
-        .env("RUST_LOG", "trace")
-        .env("TEST_BACKEND_PASSWORD", BACKEND_PASSWORD)
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut stderr = BufReader::new(child.stderr.take().unwrap());
-    let mut log = String::new();
-    let port: u16 = loop {
-        let mut line = String::new();
-        assert!(stderr.read_line(&mut line).unwrap() > 0, "no start:\n{log}");
-        log.push_str(&line);
-        if line.contains("accepting clients") {
-            break line.rsplit(':').next().unwrap().trim().parse().unwrap();
-        }
-    };
+    let mut binary = Binary::start(&path, "trace");
     let proxy = |user: &str, password: &str| {
-        let mut config = tokio_postgres::Config::new();
-        config
-            .host("127.0.0.1")
-            .port(port)
-            .user(user)
-            .password(password)
-            .dbname(&db);
+        let config = binary.client_config(user, password, &db);
         async move {
             let (client, conn) = config.connect(tokio_postgres::NoTls).await?;
             tokio::spawn(conn);
@@ -103,11 +79,7 @@ async fn no_secret_reaches_the_log_or_a_client() {
     }
     drop(acme);
 
-    let _ = Command::new("kill")
-        .args(["-INT", &child.id().to_string()])
-        .status();
-    child.wait().unwrap();
-    stderr.read_to_string(&mut log).unwrap();
+    let log = binary.stop("INT");
     assert!(
         log.contains("authentication failed"),
         "the log is live:\n{log}"

@@ -350,7 +350,8 @@ async fn certificate_is_reread_on_sighup_and_open_clients_stay() {
     let dir = scratch();
     let first = make_certs(dir.path(), "first");
     let db = pg().database("tls");
-    let proxy = start(&tls_config(&db, &listener_tls("require", &first), "")).await;
+    let yaml = with_literal_secrets(&tls_config(&db, &listener_tls("require", &first), ""));
+    let (proxy, _config_dir) = start_file(&yaml).await;
     let connect = |ca: PathBuf| {
         let proxy = &proxy;
         let db = db.clone();
@@ -390,8 +391,8 @@ async fn certificate_is_reread_on_sighup_and_open_clients_stay() {
     assert_eq!(one(&open, "SELECT 1").await, "1");
 }
 
-/// Sends SIGHUP to this process (every proxy in it reloads) and gives the
-/// handlers a moment.
+/// Sends SIGHUP to this process (every proxy in it started from a file
+/// reloads it) and gives the handlers a moment.
 async fn hangup() {
     let status = std::process::Command::new("kill")
         .args(["-HUP", &std::process::id().to_string()])

@@ -99,7 +99,7 @@ pub fn render(deps: &Deps) -> String {
         let active = s.active();
         g.clients[0] += active;
         g.clients[1] += s.waiting;
-        g.clients[2] += s.clients.saturating_sub(active + s.waiting);
+        g.clients[2] += s.idle_clients();
         g.servers[0] += active;
         g.servers[1] += s.idle;
         g.servers[2] += s.connecting;

@@ -203,8 +203,7 @@ fn file_stamp(path: &Path) -> Option<(std::time::SystemTime, u64, u64)> {
     Some((m.modified().ok()?, m.len(), m.ino()))
 }
 
-/// SIGHUP reloads the config file (certificates included). Without a file,
-/// only the listener's TLS certificate and key are re-read.
+/// SIGHUP reloads the config file, certificates included (see [`Deps::reload`]).
 async fn reload_on_hangup(deps: Arc<Deps>) {
     use tokio::signal::unix::{SignalKind, signal};
     let mut hangup = match signal(SignalKind::hangup()) {
@@ -217,18 +216,8 @@ async fn reload_on_hangup(deps: Arc<Deps>) {
     while hangup.recv().await.is_some() {
         if deps.config_path.is_some() {
             let _ = deps.reload("SIGHUP").await;
-            continue;
-        }
-        let runtime = deps.runtime.load_full();
-        let tls = &runtime.config.tls;
-        if tls.mode == crate::tls::ClientTlsMode::Disable {
-            continue;
-        }
-        match tls.reload() {
-            Ok(()) => tracing::info!("SIGHUP: re-read the TLS certificate and key"),
-            Err(e) => {
-                tracing::error!(error = %e, "SIGHUP: kept the TLS certificate in use")
-            }
+        } else {
+            tracing::warn!("SIGHUP ignored: this proxy was started without a config file");
         }
     }
 }

@@ -115,9 +115,14 @@ pub struct PoolStats {
 }
 
 impl PoolStats {
-    /// Servers in a transaction.
+    /// Servers in a transaction (each held by one client).
     pub fn active(&self) -> u32 {
         self.open - self.idle - self.connecting
+    }
+
+    /// Logged-in clients neither in a transaction nor queued.
+    pub fn idle_clients(&self) -> u32 {
+        self.clients.saturating_sub(self.active() + self.waiting)
     }
 }
 

@@ -1,15 +1,17 @@
 //! What operators do to running sessions: reloads, pause and resume, kill,
 //! shutdown. Sessions read it at transaction boundaries (a few atomic loads)
-//! and, while idle, wait on [`Control::subscribe`] so a change reaches them at
-//! once. It also keeps the registry of logged-in clients the admin console lists.
+//! and, while idle, wait on their own [`ClientEntry::wake`], which every change
+//! here notifies, so a change reaches them at once. A per-session `Notify` keeps
+//! the idle wait free of any lock shared between sessions. It also keeps the
+//! registry of logged-in clients the admin console lists.
 
 use std::collections::{BTreeSet, HashMap};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU8, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
-use std::time::SystemTime;
+use std::sync::{Arc, LazyLock, Mutex, OnceLock};
+use std::time::{Duration, Instant, SystemTime};
 
-use tokio::sync::watch;
+use tokio::sync::Notify;
 use tokio::task::AbortHandle;
 
 /// Where a pause applies.
@@ -28,8 +30,14 @@ pub struct Paused {
 }
 
 impl Paused {
-    fn covers(&self, tenant: &str, tier: &str) -> bool {
-        self.all || self.tiers.contains(tier) || self.tenants.contains(tenant)
+    /// Whether new transactions of `tenant` (of `tier`) wait.
+    pub fn covers(&self, tenant: &str, tier: &str) -> bool {
+        self.covers_tier(tier) || self.tenants.contains(tenant)
+    }
+
+    /// Whether the whole tier waits (everything, or the tier by name).
+    pub fn covers_tier(&self, tier: &str) -> bool {
+        self.all || self.tiers.contains(tier)
     }
 
     fn is_empty(&self) -> bool {
@@ -38,7 +46,6 @@ impl Paused {
 }
 
 pub struct Control {
-    changes: watch::Sender<()>,
     /// Bumped by each applied reload; a session refreshes its tenant when it sees a new one.
     generation: AtomicU64,
     draining: AtomicBool,
@@ -51,7 +58,6 @@ pub struct Control {
 impl Default for Control {
     fn default() -> Self {
         Control {
-            changes: watch::Sender::new(()),
             generation: AtomicU64::new(0),
             draining: AtomicBool::new(false),
             any_paused: AtomicBool::new(false),
@@ -63,13 +69,12 @@ impl Default for Control {
 }
 
 impl Control {
-    /// Wakes when anything here changes.
-    pub fn subscribe(&self) -> watch::Receiver<()> {
-        self.changes.subscribe()
-    }
-
+    /// Wakes every logged-in client to look at what changed (a client busy in
+    /// a transaction finds a stored permit at its next idle wait).
     fn changed(&self) {
-        self.changes.send_replace(());
+        for c in self.lock_clients().values() {
+            c.wake.notify_one();
+        }
     }
 
     pub fn generation(&self) -> u64 {
@@ -210,12 +215,16 @@ pub struct ClientEntry {
     /// The tenant and its tier (a reload may move the tenant to another tier).
     placement: Mutex<(Arc<str>, String)>,
     state: AtomicU8,
-    /// Unix time in microseconds when its current or last request began.
+    /// When its current or last request began, in microseconds after
+    /// [`CLOCK_BASE`] (0: none yet). Kept from the relay's own `Instant`, so
+    /// stamping it reads no clock.
     request_at: AtomicU64,
     /// The server it holds, 0 for none, and that server's backend pid.
     server: AtomicU64,
     server_pid: AtomicI32,
     killed: AtomicBool,
+    /// Notified on every operator change; the session waits on it while idle.
+    pub wake: Notify,
     /// Its task, so `KILL` can cut a session in the middle of a transaction.
     abort: Arc<OnceLock<AbortHandle>>,
 }
@@ -246,6 +255,7 @@ impl ClientEntry {
             server: AtomicU64::new(0),
             server_pid: AtomicI32::new(0),
             killed: AtomicBool::new(false),
+            wake: Notify::new(),
             abort,
         }
     }
@@ -274,18 +284,23 @@ impl ClientEntry {
         }
     }
 
-    /// Sets the state; a new request also stamps `request_at`.
     pub fn set_state(&self, state: ClientState) {
-        if state == ClientState::Waiting {
-            self.request_at.store(unix_micros(), Ordering::Relaxed);
-        }
         self.state.store(state as u8, Ordering::SeqCst);
     }
 
+    /// A new request, waiting for a server since `started`.
+    pub fn wait_from(&self, started: Instant) {
+        let (base, _) = *CLOCK_BASE;
+        let us = started.saturating_duration_since(base).as_micros() as u64;
+        self.request_at.store(us.max(1), Ordering::Relaxed);
+        self.set_state(ClientState::Waiting);
+    }
+
     pub fn request_at(&self) -> Option<SystemTime> {
+        let (_, wall) = *CLOCK_BASE;
         match self.request_at.load(Ordering::Relaxed) {
             0 => None,
-            us => Some(SystemTime::UNIX_EPOCH + std::time::Duration::from_micros(us)),
+            us => Some(wall + Duration::from_micros(us)),
         }
     }
 
@@ -320,11 +335,9 @@ impl Drop for Registered {
     }
 }
 
-fn unix_micros() -> u64 {
-    SystemTime::now()
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .map_or(0, |d| d.as_micros() as u64)
-}
+/// One moment read on both clocks, to turn an `Instant` into wall time.
+static CLOCK_BASE: LazyLock<(Instant, SystemTime)> =
+    LazyLock::new(|| (Instant::now(), SystemTime::now()));
 
 #[cfg(test)]
 mod tests {

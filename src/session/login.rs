@@ -135,13 +135,7 @@ pub async fn login<S: AsyncRead + AsyncWrite + Unpin>(
             }
         })?;
     if let Some(admin) = admin {
-        build::authentication_ok(&mut out);
-        for (name, value) in ADMIN_PARAMS {
-            build::parameter_status(&mut out, name, value);
-        }
-        build::backend_key_data(&mut out, cancel_key.0, cancel_key.1);
-        build::ready_for_query(&mut out, TxStatus::Idle);
-        send(stream, &out).await?;
+        greet(stream, &mut out, ADMIN_PARAMS.iter().copied(), cancel_key).await?;
         tracing::info!(target: "pgtenant::audit", event = "login", outcome = "ok", %peer, user, role = admin.role.name(), "admin console login");
         return Ok(Login::Admin(AdminLogin {
             user: user.to_owned(),
@@ -177,19 +171,16 @@ pub async fn login<S: AsyncRead + AsyncWrite + Unpin>(
     };
     let settings = settings::from_startup(&startup.params, &params, &policy)?;
 
-    build::authentication_ok(&mut out);
-    for (name, value) in params.iter() {
-        // The client's own values, as PostgreSQL would report them.
+    // The client's own values, as PostgreSQL would report them.
+    let shown = params.iter().map(|(name, value)| {
         let value = match settings.get(&name.to_ascii_lowercase()) {
             Some(own) => own.as_str(),
             None if name == "application_name" => "",
             None => value.as_str(),
         };
-        build::parameter_status(&mut out, name, value);
-    }
-    build::backend_key_data(&mut out, cancel_key.0, cancel_key.1);
-    build::ready_for_query(&mut out, TxStatus::Idle);
-    send(stream, &out).await?;
+        (name.as_str(), value)
+    });
+    greet(stream, &mut out, shown, cancel_key).await?;
 
     let context = Arc::clone(&runtime.contexts[&tenant.id]);
     Ok(Login::Tenant(LoggedIn {
@@ -209,6 +200,23 @@ pub async fn login<S: AsyncRead + AsyncWrite + Unpin>(
         tenant,
         tier,
     }))
+}
+
+/// The end of a successful login, in one write: `AuthenticationOk`, the
+/// `ParameterStatus` messages, `BackendKeyData` and `ReadyForQuery`.
+async fn greet<'a, S: AsyncWrite + Unpin>(
+    stream: &mut S,
+    out: &mut BytesMut,
+    params: impl Iterator<Item = (&'a str, &'a str)>,
+    cancel_key: (i32, &[u8]),
+) -> std::io::Result<()> {
+    build::authentication_ok(out);
+    for (name, value) in params {
+        build::parameter_status(out, name, value);
+    }
+    build::backend_key_data(out, cancel_key.0, cancel_key.1);
+    build::ready_for_query(out, TxStatus::Idle);
+    send(stream, out).await
 }
 
 /// What the admin console tells clients about itself at login.

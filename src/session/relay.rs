@@ -98,8 +98,6 @@ pub struct Relay<S> {
     deps: Arc<Deps>,
     /// This client in the admin console's list.
     registered: Registered,
-    /// Wakes the idle client when operators change something.
-    changes: tokio::sync::watch::Receiver<()>,
     /// The config generation `session` was resolved in.
     generation: u64,
     /// Counted during a transaction, added to the metrics at its end.
@@ -147,7 +145,6 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Relay<S> {
             max_message: limits.max_message_size,
             server_statements: limits.max_prepared_statements,
             client_statements: limits.max_client_prepared_statements,
-            changes: deps.control.subscribe(),
             generation: deps.control.generation(),
             deps: Arc::clone(deps),
             registered,
@@ -199,7 +196,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Relay<S> {
                 message = fill_message(&mut self.client, &mut self.cbuf, self.max_message) => {
                     return Ok(message?);
                 }
-                _ = self.changes.changed() => {}
+                () = self.registered.entry.wake.notified() => {}
             }
         }
     }
@@ -256,11 +253,18 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Relay<S> {
     /// While operators pause the tenant (or its tier, or everything), its new
     /// transactions wait here, without a timeout. `false`: the client left.
     async fn wait_while_paused(&mut self) -> Result<bool, RelayError> {
-        let control = Arc::clone(&self.deps.control);
-        while control.is_paused(&self.session.tenant.id, &self.session.tier.name) {
-            self.registered.entry.set_state(ClientState::Waiting);
+        let paused = |r: &Self| {
+            r.deps
+                .control
+                .is_paused(&r.session.tenant.id, &r.session.tier.name)
+        };
+        if !paused(self) {
+            return Ok(true);
+        }
+        self.registered.entry.wait_from(Instant::now());
+        while paused(self) {
             tokio::select! {
-                _ = self.changes.changed() => self.check_standing()?,
+                () = self.registered.entry.wake.notified() => self.check_standing()?,
                 read = self.client.read_buf(&mut self.cbuf), if self.cbuf.len() < READ_AHEAD_LIMIT => {
                     if read.map_err(client_io)? == 0 {
                         return Ok(false);
@@ -297,25 +301,26 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Relay<S> {
                 _ => {}
             }
             if let Some(lease) = self.held.take() {
-                self.transaction(lease).await?;
+                self.transaction(lease, Instant::now()).await?;
                 continue;
             }
             if !self.wait_while_paused().await? {
                 return Ok(());
             }
-            let entry = Arc::clone(&self.registered.entry);
-            entry.set_state(ClientState::Waiting);
+            let started = Instant::now();
+            self.registered.entry.wait_from(started);
             // KILL may have looked at this client just before it left idle.
             self.check_standing()?;
-            let started = Instant::now();
             let Some(checkout) = self.checkout(started).await? else {
                 return Ok(());
             };
-            let waited = started.elapsed();
-            let metrics = Arc::clone(&self.session.pool.metrics);
+            // One clock read: the end of the wait is the start of the transaction.
+            let began = Instant::now();
+            let waited = began - started;
+            let entry = &self.registered.entry;
             match checkout {
                 Ok(mut lease) => {
-                    metrics.queue_wait.observe(waited);
+                    self.session.pool.metrics.queue_wait.observe(waited);
                     self.session
                         .stats
                         .queue_wait_micros
@@ -323,14 +328,15 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Relay<S> {
                     let server = lease.server();
                     entry.set_server(server.id, server.cancel.process_id);
                     entry.set_state(ClientState::Active);
-                    let result = self.transaction(lease).await;
+                    let result = self.transaction(lease, began).await;
+                    let entry = &self.registered.entry;
                     entry.set_server(0, 0);
                     entry.set_state(ClientState::Idle);
                     result?;
                 }
                 Err(CheckoutError::QueueTimeout) => {
                     entry.set_state(ClientState::Idle);
-                    metrics.queue_timeouts.inc();
+                    self.session.pool.metrics.queue_timeouts.inc();
                     let label = self.session.pool.identity.label.clone();
                     self.refuse_request(ClientError::queue_timeout(&label, waited.as_millis()))
                         .await?;
@@ -353,8 +359,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Relay<S> {
         &mut self,
         started: Instant,
     ) -> Result<Option<Result<Lease, CheckoutError>>, RelayError> {
-        let pool = Arc::clone(&self.session.pool);
-        let checkout = pool.checkout(
+        let checkout = self.session.pool.checkout(
             &self.session.tenant_key,
             started + self.session.tier.queue_timeout,
         );
@@ -401,16 +406,17 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Relay<S> {
         self.ready_for_query().await
     }
 
-    /// One transaction on `lease`, with the session's tracker: reused, so its
-    /// queue and buffers are not allocated per transaction.
-    async fn transaction(&mut self, lease: Lease) -> Result<(), RelayError> {
+    /// One transaction on `lease`, begun at `began`, with the session's
+    /// tracker: reused, so its queue and buffers are not allocated per
+    /// transaction. Its counts go to the metrics once, at its end (the lease
+    /// is from the session's pool: the pool only changes between transactions).
+    async fn transaction(&mut self, lease: Lease, began: Instant) -> Result<(), RelayError> {
         let mut t = std::mem::take(&mut self.tracker);
         t.reset();
-        let began = Instant::now();
-        let metrics = Arc::clone(&lease.pool().metrics);
         let result = self.run_transaction(lease, &mut t).await;
         self.tracker = t;
         let counts = std::mem::take(&mut self.counts);
+        let metrics = &self.session.pool.metrics;
         metrics.transactions.inc();
         metrics.transaction_time.observe(began.elapsed());
         metrics.queries.add(counts.queries);

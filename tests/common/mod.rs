@@ -179,6 +179,13 @@ pub async fn start(yaml: &str) -> Proxy {
     start_with(yaml, None).await
 }
 
+/// `yaml` with the test secrets written in: an in-process proxy re-reads its
+/// file with this process's environment, which does not have them.
+pub fn with_literal_secrets(yaml: &str) -> String {
+    yaml.replace("${TEST_BACKEND_PASSWORD}", BACKEND_PASSWORD)
+        .replace("${TEST_MD5_PASSWORD}", MD5_BACKEND_PASSWORD)
+}
+
 /// A proxy whose config lives in a file (returned), so it can be reloaded.
 pub async fn start_file(yaml: &str) -> (Proxy, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
@@ -229,11 +236,19 @@ pub async fn http_get(addr: std::net::SocketAddr, path: &str) -> (u16, String) {
     (status, body.to_owned())
 }
 
+/// The value of one sample line, `name{labels} value`, in a `/metrics` text.
+pub fn sample(text: &str, series: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
+        .map(|v| v.parse().unwrap())
+}
+
 /// The real binary, `pgtenant run --config <path>`, with its log collected.
 pub struct Binary {
     pub child: std::process::Child,
     pub port: u16,
     pub log: std::sync::Arc<std::sync::Mutex<String>>,
+    reader: Option<std::thread::JoinHandle<()>>,
 }
 
 impl Binary {
@@ -251,7 +266,7 @@ impl Binary {
         let (tx, rx) = std::sync::mpsc::channel();
         let stderr = child.stderr.take().unwrap();
         let sink = std::sync::Arc::clone(&log);
-        std::thread::spawn(move || {
+        let reader = std::thread::spawn(move || {
             for line in std::io::BufReader::new(stderr).lines() {
                 let Ok(line) = line else { break };
                 if line.contains("accepting clients") {
@@ -276,7 +291,22 @@ impl Binary {
                     .ok()
             })
             .unwrap_or_else(|| panic!("no port in {line}"));
-        Binary { child, port, log }
+        Binary {
+            child,
+            port,
+            log,
+            reader: Some(reader),
+        }
+    }
+
+    /// Sends `signal`, waits for the exit and returns the whole log.
+    pub fn stop(&mut self, signal: &str) -> String {
+        self.signal(signal);
+        self.child.wait().unwrap();
+        if let Some(reader) = self.reader.take() {
+            reader.join().unwrap();
+        }
+        self.log()
     }
 
     pub fn signal(&self, name: &str) {

@@ -64,10 +64,10 @@ fn pools(deps: &Deps) -> Table {
             .tiers
             .get(tier)
             .map_or(PoolMode::Transaction, |t| t.pool_mode);
-        let is_paused = paused.all
-            || paused.tiers.contains(tier)
-            || matches!(key, PoolKey::Dedicated { tenant } if paused.tenants.contains(tenant));
-        let idle_clients = s.clients.saturating_sub(s.active() + s.waiting);
+        let is_paused = match key {
+            PoolKey::Dedicated { tenant } => paused.covers(tenant, tier),
+            PoolKey::Tier { .. } => paused.covers_tier(tier),
+        };
         rows.push((
             format!("{}\0{}", cluster.name, pool.identity.label),
             vec![
@@ -76,7 +76,7 @@ fn pools(deps: &Deps) -> Table {
                 cell(&pool.identity.label),
                 cell(s.active()),
                 cell(s.waiting),
-                cell(idle_clients),
+                cell(s.idle_clients()),
                 cell(s.active()),
                 cell(s.idle),
                 cell(s.connecting),
@@ -344,9 +344,7 @@ fn tenants(deps: &Deps) -> Table {
                 pool,
                 cell(deps.clients.get(&t.id)),
                 cell(active.get(t.id.as_str()).copied().unwrap_or(0)),
-                cell(yes(paused.all
-                    || paused.tiers.contains(&t.tier)
-                    || paused.tenants.contains(&t.id))),
+                cell(yes(paused.covers(&t.id, &t.tier))),
             ]
         })
         .collect();
@@ -386,7 +384,7 @@ fn tiers(deps: &Deps) -> Table {
                 cell(t.max_client_connections),
                 cell(mode(t.pool_mode)),
                 cell(tenants),
-                cell(yes(paused.all || paused.tiers.contains(&t.name))),
+                cell(yes(paused.covers_tier(&t.name))),
             ]
         })
         .collect();
