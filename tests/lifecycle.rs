@@ -462,3 +462,86 @@ async fn json_logs_carry_an_audit_trail_without_secrets() {
         assert!(!log.contains(secret), "the log holds {secret}:\n{log}");
     }
 }
+
+/// A reload that changes what a cluster's servers are (here its login role)
+/// builds a new pool: clients move to it at their next transaction and the
+/// old pool's servers are closed once no client uses it. A session-mode client
+/// keeps its server until it leaves.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reload_with_new_cluster_servers_moves_clients_to_a_new_pool() {
+    let db = pg().database("reload_cluster");
+    let tiers = format!("{TIERS}  sticky: {{ pool_size: 2, pool_mode: session }}\n");
+    let tenants = tenants("free", "sticky", "growth", "enterprise");
+    let yaml = with_literal_secrets(&config(&db, &tiers, &tenants));
+    let (proxy, dir) = start_file(&yaml).await;
+    let acme = proxy.connect("acme", &db).await;
+    let sticky = proxy.connect("umbrella", &db).await;
+    assert_eq!(one(&acme, "SELECT session_user").await, "pgtenant_app");
+    let sticky_pid = one(&sticky, "SELECT pg_backend_pid()").await;
+
+    let moved = yaml
+        .replace("user: pgtenant_app", "user: pgtenant_md5")
+        .replace(
+            &format!("password: {BACKEND_PASSWORD}"),
+            &format!("password: {MD5_BACKEND_PASSWORD}"),
+        );
+    std::fs::write(dir.path().join("proxy.yaml"), &moved).unwrap();
+    proxy.deps.reload("test").await.expect("reload");
+    assert_eq!(
+        one(&acme, "SELECT session_user").await,
+        "pgtenant_md5",
+        "the next transaction runs on the new pool"
+    );
+    assert_eq!(
+        one(&acme, "SELECT current_setting('app.current_tenant')").await,
+        "acme"
+    );
+    assert_eq!(
+        one(&sticky, "SELECT pg_backend_pid()").await,
+        sticky_pid,
+        "a session-mode client keeps its server"
+    );
+    drop(sticky);
+    // The old free pool is dropped with its idle server once acme moved on.
+    let superuser = pg().superuser(&db).await;
+    let mut old = i64::MAX;
+    for _ in 0..100 {
+        old = superuser
+            .query_one("SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND usename = 'pgtenant_app'", &[])
+            .await
+            .unwrap()
+            .get(0);
+        if old == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(old, 0, "servers of the old pools are closed");
+}
+
+/// The RLS role check runs on reload too: a tenant role that does not exist
+/// refuses the file and the running config stays.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reload_is_refused_when_a_tenant_role_is_missing() {
+    let db = pg().database("reload_role");
+    let yaml = with_literal_secrets(&config(
+        &db,
+        TIERS,
+        &tenants("free", "free", "growth", "enterprise"),
+    ));
+    let (proxy, dir) = start_file(&yaml).await;
+    let broken = yaml.replace("role: tenant_globex", "role: tenant_nobody");
+    std::fs::write(dir.path().join("proxy.yaml"), broken).unwrap();
+    let errors = proxy
+        .deps
+        .reload("test")
+        .await
+        .expect_err("a missing role is refused");
+    assert!(
+        errors.contains("tenant roles are misconfigured") && errors.contains("tenant_nobody"),
+        "{errors}"
+    );
+    let globex = proxy.connect("globex", &db).await;
+    assert_eq!(one(&globex, "SELECT current_user").await, "tenant_globex");
+    assert_eq!(proxy.deps.metrics.reload_failures.get(), 1);
+}

@@ -510,3 +510,89 @@ async fn kill_closes_idle_clients_with_57p01_and_cuts_running_ones() {
         "KILL does not ban the tenant"
     );
 }
+
+/// Bad HTTP input gets a clear status or a close, and the listener goes on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_http_listener_refuses_bad_requests_and_keeps_serving() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let db = pg().database("http");
+    let proxy = start(&operable(&db, "")).await;
+    let addr = proxy.metrics.unwrap();
+    let raw = |request: Vec<u8>| async move {
+        let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let _ = stream.write_all(&request).await;
+        let mut response = String::new();
+        let _ = stream.read_to_string(&mut response).await;
+        response
+    };
+    let post = raw(b"POST /metrics HTTP/1.1\r\nHost: x\r\n\r\n".to_vec()).await;
+    assert!(post.starts_with("HTTP/1.1 405 "), "{post}");
+    let head = raw(b"HEAD /healthz HTTP/1.1\r\n\r\n".to_vec()).await;
+    assert!(
+        head.starts_with("HTTP/1.1 200 ") && head.ends_with("\r\n\r\n"),
+        "HEAD has no body: {head:?}"
+    );
+    let mut huge = b"GET /metrics HTTP/1.1\r\nX: ".to_vec();
+    huge.extend(std::iter::repeat_n(b'a', 20_000));
+    assert_eq!(
+        raw(huge).await,
+        "",
+        "an oversized request is closed unanswered"
+    );
+    assert_eq!(
+        raw(b"\x16\x03\x01garbage\r\n\r\n".to_vec())
+            .await
+            .split(' ')
+            .nth(1),
+        Some("405")
+    );
+    assert_eq!(http_get(addr, "/healthz").await.0, 200);
+}
+
+/// KILL of a client queued for a server: it leaves the queue, and the pool's
+/// capacity is intact for everyone after.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_of_a_queued_client_leaks_no_pool_capacity() {
+    let db = pg().database("kill_queued");
+    let proxy = start(&operable(&db, "")).await;
+    let holder = proxy.connect("acme", &db).await;
+    let queued = std::sync::Arc::new(proxy.connect("acme", &db).await);
+    holder.simple_query("BEGIN; SELECT 1").await.unwrap();
+    // free: max_tenant_share 1, so acme's second transaction queues.
+    let waiting = {
+        let queued = std::sync::Arc::clone(&queued);
+        tokio::spawn(async move { queued.simple_query("SELECT 1").await })
+    };
+    let admin = console(&proxy, "ops", OPS_PASSWORD).await;
+    for _ in 0..100 {
+        let clients = show(&admin, "CLIENTS").await;
+        if clients.iter().any(|r| field(r, "state") == "waiting") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    admin.simple_query("KILL acme").await.unwrap();
+    assert!(
+        tokio::time::timeout(Duration::from_secs(5), waiting)
+            .await
+            .unwrap()
+            .unwrap()
+            .is_err()
+    );
+    let pools = show(&admin, "POOLS").await;
+    let free = pools.iter().find(|r| field(r, "tier") == "free").unwrap();
+    assert_eq!(
+        (field(free, "cl_waiting"), field(free, "sv_active")),
+        ("0", "0"),
+        "{free:?}"
+    );
+    // Both servers of the free pool can be used again.
+    let (a, u) = (
+        proxy.connect("acme", &db).await,
+        proxy.connect("umbrella", &db).await,
+    );
+    a.simple_query("BEGIN; SELECT 1").await.unwrap();
+    u.simple_query("BEGIN; SELECT 1").await.unwrap();
+    a.simple_query("COMMIT").await.unwrap();
+    u.simple_query("COMMIT").await.unwrap();
+}
