@@ -176,10 +176,11 @@ impl Control {
         victims.len()
     }
 
-    /// Clients of `tenant` in a transaction.
+    /// Clients of `tenant` in a transaction (polled by `DRAIN`: counted under
+    /// the lock, nothing cloned).
     pub fn busy(&self, tenant: &str) -> usize {
-        self.clients()
-            .iter()
+        self.lock_clients()
+            .values()
             .filter(|c| &*c.tenant() == tenant && c.state() == ClientState::Active)
             .count()
     }
