@@ -31,14 +31,11 @@ fn growth_pool(proxy: &Proxy) -> pgtenant::pool::PoolStats {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reload_applies_a_valid_file_as_a_diff_and_refuses_an_invalid_one() {
     let db = pg().database("reload");
-    // The in-process proxy re-reads the file with the test process's
-    // environment, which has no TEST_BACKEND_PASSWORD.
-    let yaml = with_ops(&config(
+    let yaml = with_literal_secrets(&with_ops(&config(
         &db,
         TIERS,
         &tenants("free", "free", "growth", "enterprise"),
-    ))
-    .replace("${TEST_BACKEND_PASSWORD}", BACKEND_PASSWORD);
+    )));
     let (proxy, dir) = start_file(&yaml).await;
     let path = dir.path().join("proxy.yaml");
     let acme = proxy.connect("acme", &db).await;
@@ -506,11 +503,7 @@ async fn reload_with_new_cluster_servers_moves_clients_to_a_new_pool() {
     let superuser = pg().superuser(&db).await;
     let mut old = i64::MAX;
     for _ in 0..100 {
-        old = superuser
-            .query_one("SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND usename = 'pgtenant_app'", &[])
-            .await
-            .unwrap()
-            .get(0);
+        old = server_connections(&superuser).await;
         if old == 0 {
             break;
         }
