@@ -102,6 +102,7 @@ async fn metrics_pass_promtool_and_count_what_clients_did() {
         one(&c, "SELECT 1").await;
     }
 
+    settled(&proxy).await;
     let (status, text) = http_get(addr, "/metrics").await;
     assert_eq!(status, 200);
     promtool_check(&text);
@@ -205,6 +206,7 @@ async fn the_dashboard_uses_only_metrics_the_proxy_exports() {
     let acme = proxy.connect("acme", &db).await;
     one(&acme, "SELECT 1").await;
     let _ = acme.simple_query("SELECT 1/0").await;
+    settled(&proxy).await;
     let (_, text) = http_get(proxy.metrics.unwrap(), "/metrics").await;
     let exported: std::collections::BTreeSet<&str> = text
         .lines()
@@ -293,6 +295,7 @@ async fn admin_console_shows_pools_clients_servers_and_more() {
     let pid = field(&servers[0], "remote_pid").to_owned();
     assert_eq!(one(&acme, "SELECT pg_backend_pid()").await, pid);
 
+    settled(&proxy).await;
     let stats = show(&admin, "STATS").await;
     let free = stats.iter().find(|r| field(r, "tier") == "free").unwrap();
     assert!(field(free, "total_xact_count").parse::<u64>().unwrap() >= 2);

@@ -221,6 +221,19 @@ async fn start_with(yaml: &str, path: Option<std::path::PathBuf>) -> Proxy {
     }
 }
 
+/// Waits (up to 2 s) until no client of `proxy` is inside a transaction: a
+/// transaction's counts reach the metrics just after its client has the reply.
+pub async fn settled(proxy: &Proxy) {
+    use pgtenant::session::control::ClientState;
+    for _ in 0..200 {
+        let clients = proxy.deps.control.clients();
+        if clients.iter().all(|c| c.state() == ClientState::Idle) {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+}
+
 /// `GET path` over HTTP/1.1: status code and body.
 pub async fn http_get(addr: std::net::SocketAddr, path: &str) -> (u16, String) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
