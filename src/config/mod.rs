@@ -89,6 +89,8 @@ pub struct Config {
     pub shutdown_timeout: Duration,
     pub log_format: LogFormat,
     pub watch_config: bool,
+    /// Worker threads; 0: one per core.
+    pub workers: u16,
 }
 
 #[derive(Debug, Clone)]

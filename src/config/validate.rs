@@ -188,6 +188,7 @@ pub(super) fn validate(
         shutdown_timeout: raw.shutdown_timeout.0,
         log_format: raw.log_format,
         watch_config: raw.watch_config,
+        workers: raw.workers,
     })
 }
 

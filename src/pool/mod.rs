@@ -67,7 +67,9 @@ pub struct Pool {
 struct Inner {
     sizes: PoolSizes,
     /// Idle servers, most recently used last.
-    idle: Vec<Server>,
+    /// (Boxed: a server moves between pool and lease as a pointer.)
+    #[allow(clippy::vec_box)]
+    idle: Vec<Box<Server>>,
     /// Servers held (or being opened) per tenant, for `max_tenant_share`. Every
     /// open server is either idle or held, so [`Inner::open`] is derived from
     /// these two and never goes out of step with them.
@@ -86,7 +88,7 @@ impl Inner {
 
     /// Ends one hold of `tenant`; a reusable server goes idle, `None` means the
     /// capacity it stood for is free again.
-    fn unhold(&mut self, tenant: &str, server: Option<Server>) {
+    fn unhold(&mut self, tenant: &str, server: Option<Box<Server>>) {
         if let Some(held) = self.held.get_mut(tenant) {
             *held -= 1;
             if *held == 0 {
@@ -186,7 +188,7 @@ impl Pool {
     }
 
     /// A new server for this pool.
-    async fn connect(&self) -> Result<Server, ServerError> {
+    async fn connect(&self) -> Result<Box<Server>, ServerError> {
         let cluster = self.cluster();
         let _connecting = Connecting::new(&self.connecting);
         let started = Instant::now();
@@ -201,7 +203,7 @@ impl Pool {
         self.metrics.server_connects.inc();
         server.statements = ServerStatements::new(Arc::clone(&self.invalidations));
         self.lock().params = Some(Arc::clone(&server.params));
-        Ok(server)
+        Ok(Box::new(server))
     }
 
     /// Counts a logged-in client of this pool until the guard drops.
@@ -277,6 +279,22 @@ impl Pool {
         Ok(lease)
     }
 
+    /// An idle server for `tenant` at once, without waiting or connecting:
+    /// the common checkout, kept synchronous so it costs no future. `None`:
+    /// wait with [`Pool::checkout`].
+    pub fn checkout_idle(self: &Arc<Self>, tenant: &Arc<str>) -> Option<Lease> {
+        let server = {
+            let mut inner = self.lock();
+            if inner.idle.is_empty() {
+                return None;
+            }
+            self.grant(&mut inner, tenant)?
+        };
+        let lease = Lease::new(self, Arc::clone(tenant), server);
+        // A dead server is closed by dropping its lease, which frees its place.
+        lease.server.as_ref()?.looks_alive().then_some(lease)
+    }
+
     /// Grants capacity now, or queues the caller.
     fn try_lease(self: &Arc<Self>, tenant: &Arc<str>) -> Result<Lease, Wait> {
         let mut inner = self.lock();
@@ -304,7 +322,7 @@ impl Pool {
 
     /// Takes capacity for `tenant` if the pool and the tenant's share allow:
     /// `Some(Some(server))` an idle server, `Some(None)` a slot to connect in.
-    fn grant(&self, inner: &mut Inner, tenant: &Arc<str>) -> Option<Option<Server>> {
+    fn grant(&self, inner: &mut Inner, tenant: &Arc<str>) -> Option<Option<Box<Server>>> {
         if inner.held.get(tenant).copied().unwrap_or(0) >= inner.sizes.max_tenant_share {
             return None;
         }
@@ -318,7 +336,7 @@ impl Pool {
 
     /// Returns a lease's capacity: a reusable server goes idle, `None` closes one.
     /// Then serves waiters with whatever became available.
-    fn give_back(self: &Arc<Self>, tenant: &str, server: Option<Server>) {
+    fn give_back(self: &Arc<Self>, tenant: &str, server: Option<Box<Server>>) {
         let mut inner = self.lock();
         inner.unhold(tenant, server);
         if inner.open() > inner.sizes.max_size {
@@ -358,7 +376,7 @@ impl Pool {
         let timeout = self.cluster().server_idle_timeout;
         {
             let mut inner = self.lock();
-            inner.idle.retain(Server::looks_alive);
+            inner.idle.retain(|s| s.looks_alive());
             // Oldest idle servers are at the front.
             while inner.open() > inner.sizes.min_size
                 && inner
@@ -402,13 +420,13 @@ impl Pool {
 pub struct Lease {
     pool: Arc<Pool>,
     tenant: Arc<str>,
-    server: Option<Server>,
+    server: Option<Box<Server>>,
     live: bool,
 }
 
 impl Lease {
     /// Only called with the pool's counts already updated for this hold.
-    fn new(pool: &Arc<Pool>, tenant: Arc<str>, server: Option<Server>) -> Lease {
+    fn new(pool: &Arc<Pool>, tenant: Arc<str>, server: Option<Box<Server>>) -> Lease {
         Lease {
             pool: Arc::clone(pool),
             tenant,

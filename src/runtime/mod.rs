@@ -17,6 +17,8 @@ pub struct Runtime {
     pub config: Arc<Config>,
     pub pools: Pools,
     pub contexts: HashMap<String, Arc<TenantContext>>,
+    /// `config.tenant_setting`, shared by every session.
+    pub tenant_setting: Arc<str>,
 }
 
 impl Runtime {
@@ -39,6 +41,7 @@ impl Runtime {
         Runtime {
             pools: Pools::from_config(&config, previous.map(|p| &p.pools), metrics),
             contexts,
+            tenant_setting: Arc::from(config.tenant_setting.as_str()),
             config,
         }
     }

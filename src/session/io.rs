@@ -1,10 +1,35 @@
 //! Reading whole messages and writing errors on the client stream.
 
+use std::task::{Context, Poll};
+
 use bytes::{Buf, BytesMut};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio_rustls::server::TlsStream;
 
 use crate::error::ClientError;
 use crate::protocol::frame::{FrameError, HEADER_LEN, peek_header};
+
+/// A client connection the relay can wait on without a buffer.
+pub trait ClientStream: AsyncRead + AsyncWrite + Unpin + Send {
+    /// Ready when a read may return something (or EOF). An idle session waits
+    /// here holding no buffer, and takes one only when its client speaks.
+    fn poll_read_ready(&self, cx: &mut Context<'_>) -> Poll<std::io::Result<()>>;
+}
+
+impl ClientStream for TcpStream {
+    fn poll_read_ready(&self, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        TcpStream::poll_read_ready(self, cx)
+    }
+}
+
+/// TLS may hold decrypted bytes the socket no longer shows, so a TLS session
+/// reads at once, keeping its buffer (rustls keeps its own buffers anyway).
+impl ClientStream for Box<TlsStream<TcpStream>> {
+    fn poll_read_ready(&self, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+}
 
 /// Reads until `buf` starts with one complete message no longer than `max_len`.
 /// Returns its tag and length, or `None` at a clean EOF between messages.
@@ -73,7 +98,8 @@ pub async fn close_with_error<S: AsyncRead + AsyncWrite + Unpin>(
     let _ = tokio::time::timeout(std::time::Duration::from_secs(1), async {
         send_error(stream, err).await?;
         stream.shutdown().await?;
-        let mut sink = [0u8; 4096];
+        // On the heap: a session's future is sized by its largest state.
+        let mut sink = vec![0u8; 4096];
         while stream.read(&mut sink).await? > 0 {}
         Ok::<_, std::io::Error>(())
     })

@@ -52,8 +52,6 @@ pub struct LoggedIn {
     pub tenant_key: Arc<str>,
     pub pool: Arc<Pool>,
     pub context: Arc<TenantContext>,
-    /// Settings from the startup packet, applied on every server it uses.
-    pub settings: Settings,
     /// The name of the tenant setting (`app.current_tenant`).
     pub tenant_setting: Arc<str>,
     /// `pool_mode: session`: one server for the whole connection.
@@ -67,7 +65,8 @@ pub struct LoggedIn {
 
 /// Who logged in: a tenant's client, or an operator on the admin console.
 pub enum Login {
-    Tenant(LoggedIn),
+    /// With the settings from its startup packet, applied on every server it uses.
+    Tenant(LoggedIn, Settings),
     Admin(AdminLogin),
 }
 
@@ -152,9 +151,10 @@ pub async fn login<S: AsyncRead + AsyncWrite + Unpin>(
         return Err(ClientError::unknown_database(startup.database()).into());
     }
     let tier = Arc::clone(&config.tiers[&tenant.tier]);
+    let tenant_key: Arc<str> = Arc::from(tenant.id.as_str());
     let client_slot = deps
         .clients
-        .acquire(&tenant.id, tier.max_client_connections)
+        .acquire(&tenant_key, tier.max_client_connections)
         .ok_or_else(|| ClientError::too_many_clients(&tenant.id, tier.max_client_connections))?;
     let pool = Arc::clone(
         runtime
@@ -162,10 +162,9 @@ pub async fn login<S: AsyncRead + AsyncWrite + Unpin>(
             .for_tenant(&tenant)
             .expect("every tenant has a pool"),
     );
-    let tenant_key: Arc<str> = Arc::from(tenant.id.as_str());
     let params = server_params(&pool, &tenant_key, tier.queue_timeout).await?;
     let policy = Policy {
-        tenant_setting: Arc::from(config.tenant_setting.as_str()),
+        tenant_setting: Arc::clone(&runtime.tenant_setting),
         statement_timeout: tier.statement_timeout,
         session: false,
     };
@@ -183,11 +182,10 @@ pub async fn login<S: AsyncRead + AsyncWrite + Unpin>(
     greet(stream, &mut out, shown, cancel_key).await?;
 
     let context = Arc::clone(&runtime.contexts[&tenant.id]);
-    Ok(Login::Tenant(LoggedIn {
+    let logged_in = LoggedIn {
         member: pool.member(),
         stats: deps.metrics.tenants.stats(&tenant.id),
-        settings,
-        tenant_setting: Arc::from(config.tenant_setting.as_str()),
+        tenant_setting: Arc::clone(&runtime.tenant_setting),
         session_mode: credential
             .pool_mode
             .or(tenant.pool_mode)
@@ -199,7 +197,8 @@ pub async fn login<S: AsyncRead + AsyncWrite + Unpin>(
         _client_slot: client_slot,
         tenant,
         tier,
-    }))
+    };
+    Ok(Login::Tenant(logged_in, settings))
 }
 
 /// The end of a successful login, in one write: `AuthenticationOk`, the

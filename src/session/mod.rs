@@ -11,6 +11,7 @@ mod io;
 mod login;
 mod relay;
 mod settings;
+mod spares;
 mod throttle;
 mod tracker;
 
@@ -24,8 +25,8 @@ use arc_swap::ArcSwap;
 use tokio::task::AbortHandle;
 
 use bytes::BytesMut;
-use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
+use tokio_rustls::server::TlsStream;
 
 use crate::config::{Config, Limits};
 use crate::error::ClientError;
@@ -36,6 +37,7 @@ use crate::tls::ClientTlsMode;
 use cancel::CancelRegistry;
 use control::Control;
 use handshake::{Handshake, HandshakeError};
+use io::ClientStream;
 use login::{Login, LoginError};
 
 /// Shared state every session gets.
@@ -180,16 +182,16 @@ pub struct ClientCounts {
 }
 
 impl ClientCounts {
-    pub fn acquire(self: &Arc<Self>, tenant: &str, limit: u32) -> Option<ClientSlot> {
+    pub fn acquire(self: &Arc<Self>, tenant: &Arc<str>, limit: u32) -> Option<ClientSlot> {
         let mut counts = self.counts.lock().unwrap_or_else(|p| p.into_inner());
-        let count = counts.entry(tenant.to_owned()).or_default();
+        let count = counts.entry(tenant.to_string()).or_default();
         if *count >= limit {
             return None;
         }
         *count += 1;
         Some(ClientSlot {
             counts: Arc::clone(self),
-            tenant: tenant.to_owned(),
+            tenant: Arc::clone(tenant),
         })
     }
 
@@ -206,16 +208,16 @@ impl ClientCounts {
 /// One open client of a tenant; dropping it frees the place.
 pub struct ClientSlot {
     counts: Arc<ClientCounts>,
-    tenant: String,
+    tenant: Arc<str>,
 }
 
 impl Drop for ClientSlot {
     fn drop(&mut self) {
         let mut counts = self.counts.counts.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(c) = counts.get_mut(&self.tenant) {
+        if let Some(c) = counts.get_mut(&*self.tenant) {
             *c -= 1;
             if *c == 0 {
-                counts.remove(&self.tenant);
+                counts.remove(&*self.tenant);
             }
         }
     }
@@ -223,13 +225,45 @@ impl Drop for ClientSlot {
 
 /// Serves one client connection to its end. Errors are logged here, once.
 /// `task` is this session's own task, for `KILL`.
-pub async fn serve(
+///
+/// Handshake and login run boxed: their state is freed once the client is in,
+/// so a logged-in session's task is no bigger than its relay's idle state
+/// (and holds nothing else: the arguments go into the boxed part).
+pub fn serve(
     tcp: TcpStream,
     deps: Arc<Deps>,
     peer: SocketAddr,
-    _slot: ConnectionSlot,
+    slot: ConnectionSlot,
     task: Arc<OnceLock<AbortHandle>>,
-) {
+) -> impl Future<Output = ()> + Send {
+    let start = Box::pin(start(tcp, deps, peer, task));
+    async move {
+        let _slot = slot;
+        match start.await {
+            Some(Started::Plain(relay)) => relay.run().await,
+            // Boxed, or the session future would hold room for both relays.
+            Some(Started::Tls(relay)) => Box::pin(relay.run()).await,
+            None => {}
+        }
+    }
+}
+
+/// A logged-in client, ready for its transactions.
+/// (Boxed: moved around as a pointer, it is not copied into each future
+/// that passes it on.)
+enum Started {
+    Plain(Box<relay::Relay<TcpStream>>),
+    Tls(Box<relay::Relay<Box<TlsStream<TcpStream>>>>),
+}
+
+/// Handshake and login; `None` once the connection is done with (refused,
+/// gone, a cancel request, an admin console that ended).
+async fn start(
+    tcp: TcpStream,
+    deps: Arc<Deps>,
+    peer: SocketAddr,
+    task: Arc<OnceLock<AbortHandle>>,
+) -> Option<Started> {
     let runtime = deps.runtime.load_full();
     let config = &runtime.config;
     let limits = config.limits.clone();
@@ -243,22 +277,22 @@ pub async fn serve(
     let (stream, startup, end_point) = match shaken {
         Err(_) => {
             tracing::debug!(%peer, "no startup packet within login_timeout");
-            return;
+            return None;
         }
-        Ok(Err(HandshakeError::Io(_))) => return,
+        Ok(Err(HandshakeError::Io(_))) => return None,
         Ok(Err(e)) => {
             tracing::info!(%peer, error = %e, "refused a connection before startup");
-            return;
+            return None;
         }
         Ok(Ok(Handshake::Cancel { process_id, secret })) => {
             deps.cancels.cancel(process_id, &secret).await;
-            return;
+            return None;
         }
         Ok(Ok(Handshake::Plain(mut stream, startup))) => {
             if config.tls.mode == ClientTlsMode::Require {
                 tracing::info!(%peer, "refused a client without TLS");
                 io::close_with_error(&mut stream, &ClientError::tls_required()).await;
-                return;
+                return None;
             }
             drop(runtime);
             let place = Place {
@@ -266,7 +300,9 @@ pub async fn serve(
                 task,
                 deadline,
             };
-            return session(stream, startup, None, deps, place, limits).await;
+            return session(stream, startup, None, deps, place, limits)
+                .await
+                .map(Started::Plain);
         }
         Ok(Ok(Handshake::Tls(stream, startup, end_point))) => (stream, startup, end_point),
     };
@@ -276,7 +312,9 @@ pub async fn serve(
         task,
         deadline,
     };
-    session(*stream, startup, Some(end_point), deps, place, limits).await;
+    session(stream, startup, Some(end_point), deps, place, limits)
+        .await
+        .map(Started::Tls)
 }
 
 /// Where a session comes from and runs.
@@ -287,18 +325,20 @@ struct Place {
     deadline: tokio::time::Instant,
 }
 
-/// Login, then the relay (or the admin console), on a plain or a TLS stream
-/// (one copy of each, so the plain path pays nothing for TLS).
-async fn session<S: AsyncRead + AsyncWrite + Unpin + Send>(
+/// Login on a plain or a TLS stream (one copy of each, so the plain path pays
+/// nothing for TLS): the relay to run, or `None` when the session ended here
+/// (refused, or an admin console that has been served).
+async fn session<S: ClientStream>(
     mut stream: S,
     startup: StartupMessage,
     end_point: Option<Arc<[u8]>>,
     deps: Arc<Deps>,
     place: Place,
     limits: Limits,
-) {
+) -> Option<Box<relay::Relay<S>>> {
     let peer = place.peer;
-    let mut buf = BytesMut::with_capacity(8192);
+    let mut buf = BytesMut::new();
+    spares::take(&mut buf);
     let cancel = deps.cancels.register(startup.cancel_key_len());
     let key = (cancel.slot.process_id, cancel.slot.secret());
     let tls = end_point.is_some();
@@ -315,26 +355,26 @@ async fn session<S: AsyncRead + AsyncWrite + Unpin + Send>(
         ),
     )
     .await;
-    let client = match logged_in {
-        Ok(Ok(Login::Tenant(client))) => client,
+    let (client, settings) = match logged_in {
+        Ok(Ok(Login::Tenant(client, settings))) => (client, settings),
         Ok(Ok(Login::Admin(user))) => {
             admin::Console::new(stream, buf, user, deps, peer)
                 .run()
                 .await;
-            return;
+            return None;
         }
         Ok(Err(LoginError::Refused(e))) => {
             deps.metrics.auth_failures.inc();
             io::close_with_error(&mut stream, &e).await;
-            return;
+            return None;
         }
         Ok(Err(LoginError::Io(e))) => {
             tracing::debug!(%peer, error = %e, "client left during login");
-            return;
+            return None;
         }
         Err(_) => {
             tracing::debug!(%peer, "login not finished within login_timeout");
-            return;
+            return None;
         }
     };
     deps.metrics.logins.inc();
@@ -350,8 +390,7 @@ async fn session<S: AsyncRead + AsyncWrite + Unpin + Send>(
     );
     let registered = deps.control.register(entry);
     tracing::info!(target: "pgtenant::audit", event = "login", outcome = "ok", %peer, user = startup.user(), tenant = %client.tenant.id, tls);
-    let relay = relay::Relay::new(stream, buf, client, cancel, &limits, &deps, registered);
-    if let Err(e) = relay.run().await {
-        tracing::info!(%peer, error = %e, "client session ended with an error");
-    }
+    Some(Box::new(relay::Relay::new(
+        stream, buf, client, settings, cancel, &limits, &deps, registered,
+    )))
 }

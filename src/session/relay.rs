@@ -10,15 +10,16 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::{Buf, BytesMut};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
+use tokio::io::AsyncReadExt;
 
 use super::Deps;
 use super::cancel::CancelGuard;
 use super::control::{ClientState, Registered};
-use super::io::{SessionIoError, close_with_error, fill_message, send, send_error};
+use super::io::{ClientStream, SessionIoError, close_with_error, fill_message, send, send_error};
 use super::login::LoggedIn;
 use super::settings::{self, Settings};
-use super::tracker::{Action, Statements, Tracker, error_code};
+use super::spares::{self, Work};
+use super::tracker::{Action, Statements, error_code};
 use crate::config::Limits;
 use crate::error::ClientError;
 use crate::pool::{CheckoutError, Lease};
@@ -71,18 +72,9 @@ pub struct Relay<S> {
     client: S,
     /// Bytes read from the client and not yet forwarded.
     cbuf: BytesMut,
-    /// Bytes read from the server and not yet forwarded.
-    sbuf: BytesMut,
-    /// What the proxy composes for one write to a server (context + client bytes).
-    out: BytesMut,
-    /// What the proxy composes for one write to the client, when server bytes
-    /// cannot be forwarded as they are.
-    cout: BytesMut,
     session: LoggedIn,
     cancel: CancelGuard,
     statements: ClientStatements,
-    /// Reused by each transaction (see [`Tracker::reset`]).
-    tracker: Tracker,
     /// The client's session settings (see [`settings`]).
     settings: Settings,
     /// Those from its startup packet, which `DISCARD ALL` goes back to.
@@ -90,8 +82,9 @@ pub struct Relay<S> {
     /// Custom settings the client has set, read back by name.
     custom: Vec<String>,
     policy: Policy,
-    /// In `pool_mode: session`, the server held between transactions.
-    held: Option<Lease>,
+    /// In `pool_mode: session`, the server held between transactions (boxed:
+    /// transaction mode, the common case, pays one pointer for it).
+    held: Option<Box<Lease>>,
     max_message: usize,
     server_statements: usize,
     client_statements: usize,
@@ -100,22 +93,15 @@ pub struct Relay<S> {
     registered: Registered,
     /// The config generation `session` was resolved in.
     generation: u64,
-    /// Counted during a transaction, added to the metrics at its end.
-    counts: Counts,
 }
 
-#[derive(Default)]
-struct Counts {
-    queries: u64,
-    received: u64,
-    sent: u64,
-}
-
-impl<S: AsyncRead + AsyncWrite + Unpin> Relay<S> {
+impl<S: ClientStream> Relay<S> {
+    #[allow(clippy::too_many_arguments)] // the parts of one login, put together once
     pub fn new(
         client: S,
         cbuf: BytesMut,
-        mut session: LoggedIn,
+        session: LoggedIn,
+        settings: Settings,
         cancel: CancelGuard,
         limits: &Limits,
         deps: &Arc<Deps>,
@@ -126,7 +112,6 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Relay<S> {
             statement_timeout: session.tier.statement_timeout,
             session: session.session_mode,
         };
-        let settings = std::mem::take(&mut session.settings);
         Relay {
             startup_settings: settings.clone(),
             settings,
@@ -135,30 +120,37 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Relay<S> {
             held: None,
             client,
             cbuf,
-            sbuf: BytesMut::with_capacity(16 * 1024),
-            out: BytesMut::new(),
-            cout: BytesMut::new(),
             session,
             cancel,
             statements: ClientStatements::default(),
-            tracker: Tracker::new(),
             max_message: limits.max_message_size,
             server_statements: limits.max_prepared_statements,
             client_statements: limits.max_client_prepared_statements,
             generation: deps.control.generation(),
             deps: Arc::clone(deps),
             registered,
-            counts: Counts::default(),
         }
     }
 
     /// Serves transactions until the client leaves. Errors meant for the client
-    /// are sent to it here, once.
-    pub async fn run(mut self) -> Result<(), RelayError> {
+    /// are sent to it here, once, and logged.
+    pub async fn run(mut self: Box<Self>) {
         let result = self.serve().await;
-        if let Some(mut lease) = self.held.take()
+        // Boxed: the end is a rare state, and a session's future is as big
+        // as its biggest state (most sessions sit idle in the smallest).
+        if let Err(e) = Box::pin(self.end(result)).await {
+            let peer = self.registered.entry.addr;
+            tracing::info!(%peer, error = %e, "client session ended with an error");
+        }
+    }
+
+    /// After the last transaction: puts a held server back and tells the
+    /// client why it is closed, if it is an error.
+    async fn end(&mut self, result: Result<(), RelayError>) -> Result<(), RelayError> {
+        if let Some(lease) = self.held.take()
             && result.is_ok()
         {
+            let mut lease = *lease;
             // The client left between transactions: its session state goes
             // with DISCARD ALL before anyone else uses the server.
             lease.server().needs_reset = true;
@@ -191,6 +183,18 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Relay<S> {
     async fn next_message(&mut self) -> Result<Option<(u8, usize)>, RelayError> {
         loop {
             self.check_standing()?;
+            if self.cbuf.is_empty() {
+                // Idle: wait for the client without holding any buffer.
+                spares::give(&mut self.cbuf);
+                tokio::select! {
+                    biased;
+                    ready = std::future::poll_fn(|cx| self.client.poll_read_ready(cx)) => {
+                        ready.map_err(client_io)?;
+                    }
+                    () = self.registered.entry.wake.notified() => continue,
+                }
+            }
+            spares::take(&mut self.cbuf);
             tokio::select! {
                 biased;
                 message = fill_message(&mut self.client, &mut self.cbuf, self.max_message) => {
@@ -264,6 +268,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Relay<S> {
         self.registered.entry.wait_from(Instant::now());
         while paused(self) {
             tokio::select! {
+                biased;
                 () = self.registered.entry.wake.notified() => self.check_standing()?,
                 read = self.client.read_buf(&mut self.cbuf), if self.cbuf.len() < READ_AHEAD_LIMIT => {
                     if read.map_err(client_io)? == 0 {
@@ -300,56 +305,73 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Relay<S> {
                 }
                 _ => {}
             }
-            if let Some(lease) = self.held.take() {
-                self.transaction(lease, Instant::now()).await?;
-                continue;
-            }
-            if !self.wait_while_paused().await? {
+            // Boxed: a session's future is as big as its biggest state, and
+            // most sessions sit idle in the smallest one, waiting above.
+            if !Box::pin(self.request()).await? {
                 return Ok(());
-            }
-            let started = Instant::now();
-            self.registered.entry.wait_from(started);
-            // KILL may have looked at this client just before it left idle.
-            self.check_standing()?;
-            let Some(checkout) = self.checkout(started).await? else {
-                return Ok(());
-            };
-            // One clock read: the end of the wait is the start of the transaction.
-            let began = Instant::now();
-            let waited = began - started;
-            let entry = &self.registered.entry;
-            match checkout {
-                Ok(mut lease) => {
-                    self.session.pool.metrics.queue_wait.observe(waited);
-                    self.session
-                        .stats
-                        .queue_wait_micros
-                        .add(waited.as_micros() as u64);
-                    let server = lease.server();
-                    entry.set_server(server.id, server.cancel.process_id);
-                    entry.set_state(ClientState::Active);
-                    let result = self.transaction(lease, began).await;
-                    let entry = &self.registered.entry;
-                    entry.set_server(0, 0);
-                    entry.set_state(ClientState::Idle);
-                    result?;
-                }
-                Err(CheckoutError::QueueTimeout) => {
-                    entry.set_state(ClientState::Idle);
-                    self.session.pool.metrics.queue_timeouts.inc();
-                    let label = self.session.pool.identity.label.clone();
-                    self.refuse_request(ClientError::queue_timeout(&label, waited.as_millis()))
-                        .await?;
-                }
-                Err(CheckoutError::Connect(e)) => {
-                    entry.set_state(ClientState::Idle);
-                    let cluster = self.session.pool.cluster();
-                    tracing::warn!(cluster = %cluster.name, error = %e, "server connect failed");
-                    let err = ClientError::server_connect_failed(&cluster.name);
-                    self.refuse_request(err).await?;
-                }
             }
         }
+    }
+
+    /// The client's next request: a server for it (waiting while paused or
+    /// for capacity), then its transaction. `false`: the client left meanwhile.
+    async fn request(&mut self) -> Result<bool, RelayError> {
+        if let Some(lease) = self.held.take() {
+            self.transaction(*lease, Instant::now()).await?;
+            return Ok(true);
+        }
+        if !self.wait_while_paused().await? {
+            return Ok(false);
+        }
+        let started = Instant::now();
+        self.registered.entry.wait_from(started);
+        // KILL may have looked at this client just before it left idle.
+        self.check_standing()?;
+        // An idle server at once, or a wait (boxed: waiting may mean
+        // connecting, a big state no transaction should carry).
+        let checkout = match self.session.pool.checkout_idle(&self.session.tenant_key) {
+            Some(lease) => Ok(lease),
+            None => match Box::pin(self.checkout(started)).await? {
+                Some(checkout) => checkout,
+                None => return Ok(false),
+            },
+        };
+        // One clock read: the end of the wait is the start of the transaction.
+        let began = Instant::now();
+        let waited = began - started;
+        let entry = &self.registered.entry;
+        match checkout {
+            Ok(mut lease) => {
+                self.session.pool.metrics.queue_wait.observe(waited);
+                self.session
+                    .stats
+                    .queue_wait_micros
+                    .add(waited.as_micros() as u64);
+                let server = lease.server();
+                entry.set_server(server.id, server.cancel.process_id);
+                entry.set_state(ClientState::Active);
+                let result = self.transaction(lease, began).await;
+                let entry = &self.registered.entry;
+                entry.set_server(0, 0);
+                entry.set_state(ClientState::Idle);
+                result?;
+            }
+            Err(CheckoutError::QueueTimeout) => {
+                entry.set_state(ClientState::Idle);
+                self.session.pool.metrics.queue_timeouts.inc();
+                let label = self.session.pool.identity.label.clone();
+                let err = ClientError::queue_timeout(&label, waited.as_millis());
+                self.refuse_request(err).await?;
+            }
+            Err(CheckoutError::Connect(e)) => {
+                entry.set_state(ClientState::Idle);
+                let cluster = self.session.pool.cluster();
+                tracing::warn!(cluster = %cluster.name, error = %e, "server connect failed");
+                let err = ClientError::server_connect_failed(&cluster.name);
+                self.refuse_request(err).await?;
+            }
+        }
+        Ok(true)
     }
 
     /// Waits for a server, reading ahead from the client meanwhile so that a
@@ -366,6 +388,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Relay<S> {
         tokio::pin!(checkout);
         loop {
             tokio::select! {
+                biased;
                 result = &mut checkout => return Ok(Some(result)),
                 read = self.client.read_buf(&mut self.cbuf), if self.cbuf.len() < READ_AHEAD_LIMIT => {
                     if read.map_err(client_io)? == 0 {
@@ -406,16 +429,16 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Relay<S> {
         self.ready_for_query().await
     }
 
-    /// One transaction on `lease`, begun at `began`, with the session's
-    /// tracker: reused, so its queue and buffers are not allocated per
+    /// One transaction on `lease`, begun at `began`, with a tracker lent by
+    /// the worker: reused, so its queue and buffers are not allocated per
     /// transaction. Its counts go to the metrics once, at its end (the lease
     /// is from the session's pool: the pool only changes between transactions).
     async fn transaction(&mut self, lease: Lease, began: Instant) -> Result<(), RelayError> {
-        let mut t = std::mem::take(&mut self.tracker);
-        t.reset();
-        let result = self.run_transaction(lease, &mut t).await;
-        self.tracker = t;
-        let counts = std::mem::take(&mut self.counts);
+        let mut w = spares::work();
+        w.t.reset();
+        let result = self.run_transaction(lease, &mut w).await;
+        let counts = std::mem::take(&mut w.counts);
+        spares::give_work(w);
         let metrics = &self.session.pool.metrics;
         metrics.transactions.inc();
         metrics.transaction_time.observe(began.elapsed());
@@ -430,11 +453,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Relay<S> {
 
     /// Context first (only if the server lacks it), in the same write as the
     /// client's messages; then relay to the boundary.
-    async fn run_transaction(
-        &mut self,
-        mut lease: Lease,
-        t: &mut Tracker,
-    ) -> Result<(), RelayError> {
+    async fn run_transaction(&mut self, mut lease: Lease, w: &mut Work) -> Result<(), RelayError> {
         let server = lease.server();
         let wanted = Arc::clone(&self.session.context);
         let reset = server.needs_reset;
@@ -443,17 +462,18 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Relay<S> {
                 .context
                 .as_ref()
                 .is_some_and(|c| Arc::ptr_eq(c, &wanted) || *c == wanted);
-        self.out.clear();
+        spares::take(&mut w.out);
+        w.out.clear();
         if send_context {
             // Context and the client's first messages go out in one write.
             if reset {
-                self.out.extend_from_slice(context::RESET);
+                w.out.extend_from_slice(context::RESET);
                 server.statements.clear();
-                t.own_query();
+                w.t.own_query();
             }
-            self.out.extend_from_slice(&wanted.wire);
+            w.out.extend_from_slice(&wanted.wire);
             for _ in 0..wanted.replies {
-                t.own_query();
+                w.t.own_query();
             }
             if reset {
                 server.settings.clear();
@@ -464,12 +484,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Relay<S> {
         }
         let apply = settings::apply_sql(&server.settings, &self.settings, &wanted.owned);
         if let Some(sql) = &apply {
-            build::query(&mut self.out, sql);
-            t.own_query();
+            build::query(&mut w.out, sql);
+            w.t.own_query();
         }
         // Until this write is done, the server's recorded context stays as it was;
         // any failure from here on closes the server (the lease is dropped).
-        let terminated = self.forward_client(t, server).await?;
+        let terminated = self.forward_client(w, server).await?;
         if terminated {
             return Err(RelayError::ClientGone);
         }
@@ -481,33 +501,33 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Relay<S> {
             server.settings.clone_from(&self.settings);
         }
         self.cancel.slot.attach(server.cancel);
-        let result = self.relay(&mut lease, t).await;
+        let result = self.relay(&mut lease, w).await;
         self.cancel.slot.detach();
         result?;
         let server = lease.server();
         if self.policy.session {
             // Session state stays with its client until it leaves; only the
             // tenant context is put back, in case a statement wiped it.
-            if t.effect.reset {
+            if w.t.effect.reset {
                 server.context = None;
             }
         } else {
-            server.needs_reset |= t.effect.reset;
+            server.needs_reset |= w.t.effect.reset;
         }
-        if !self.sbuf.is_empty() {
+        if !w.sbuf.is_empty() {
             // Bytes after the final ReadyForQuery: not a state we can vouch for.
-            self.sbuf.clear();
+            w.sbuf.clear();
             return Ok(());
         }
-        if t.discarded {
+        if w.t.discarded {
             self.settings.clone_from(&self.startup_settings);
             self.custom.clear();
         }
-        if t.effect.settings {
-            self.learn_settings(server, &t.effect.custom).await?;
+        if w.t.effect.settings {
+            self.learn_settings(server, &w.t.effect.custom).await?;
         }
         if self.policy.session {
-            self.held = Some(lease);
+            self.held = Some(Box::new(lease));
         } else {
             lease.release();
         }
@@ -540,22 +560,22 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Relay<S> {
     /// proxy makes itself that are due. Returns whether the client terminated.
     async fn forward_client(
         &mut self,
-        t: &mut Tracker,
+        w: &mut Work,
         server: &mut Server,
     ) -> Result<bool, RelayError> {
-        if t.holding() {
+        if w.t.holding() {
             // A segment is being run again: what follows must come after it.
             return Ok(false);
         }
         let mut st = statements!(self, server);
         let (n, terminated) =
-            t.client_messages(&self.cbuf, self.max_message, &mut st, &mut self.out)?;
-        let bytes = if self.out.is_empty() {
+            w.t.client_messages(&self.cbuf, self.max_message, &mut st, &mut w.out)?;
+        let bytes = if w.out.is_empty() {
             &self.cbuf[..n]
         } else {
-            &self.out[..]
+            &w.out[..]
         };
-        self.counts.received += n as u64;
+        w.counts.received += n as u64;
         if !bytes.is_empty() {
             server
                 .stream
@@ -563,40 +583,41 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Relay<S> {
                 .await
                 .map_err(RelayError::ServerLost)?;
         }
-        self.out.clear();
+        w.out.clear();
         self.cbuf.advance(n);
-        self.cout.clear();
-        t.due_fakes(&mut self.cout);
-        if !self.cout.is_empty() {
-            send(&mut self.client, &self.cout)
-                .await
-                .map_err(client_io)?;
+        w.cout.clear();
+        w.t.due_fakes(&mut w.cout);
+        if !w.cout.is_empty() {
+            send(&mut self.client, &w.cout).await.map_err(client_io)?;
         }
         Ok(terminated)
     }
 
     /// Forwards both ways until the tracker says the transaction is over.
-    async fn relay(&mut self, lease: &mut Lease, t: &mut Tracker) -> Result<(), RelayError> {
-        while !t.at_boundary() {
+    async fn relay(&mut self, lease: &mut Lease, w: &mut Work) -> Result<(), RelayError> {
+        while !w.t.at_boundary() {
             reserve(&mut self.cbuf);
-            reserve(&mut self.sbuf);
+            reserve(&mut w.sbuf);
             let server = lease.server();
+            // Server first: its replies are drained before more client input
+            // is pushed at it; `biased` also saves a random draw per poll.
             tokio::select! {
+                biased;
+                read = server.stream.read_buf(&mut w.sbuf) => {
+                    if read.map_err(RelayError::ServerLost)? == 0 {
+                        return Err(RelayError::ServerLost(std::io::ErrorKind::UnexpectedEof.into()));
+                    }
+                    let holding = w.t.holding();
+                    self.forward_server(w, server).await?;
+                    if holding && !w.t.holding() && self.forward_client(w, server).await? {
+                        return Err(RelayError::ClientGone);
+                    }
+                }
                 read = self.client.read_buf(&mut self.cbuf) => {
                     if read.map_err(client_io)? == 0 {
                         return Err(RelayError::ClientGone);
                     }
-                    if self.forward_client(t, server).await? {
-                        return Err(RelayError::ClientGone);
-                    }
-                }
-                read = server.stream.read_buf(&mut self.sbuf) => {
-                    if read.map_err(RelayError::ServerLost)? == 0 {
-                        return Err(RelayError::ServerLost(std::io::ErrorKind::UnexpectedEof.into()));
-                    }
-                    let holding = t.holding();
-                    self.forward_server(t, server).await?;
-                    if holding && !t.holding() && self.forward_client(t, server).await? {
+                    if self.forward_client(w, server).await? {
                         return Err(RelayError::ClientGone);
                     }
                 }
@@ -610,45 +631,45 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Relay<S> {
     /// When nothing is left out or put in, the bytes go as they are.
     async fn forward_server(
         &mut self,
-        t: &mut Tracker,
+        w: &mut Work,
         server: &mut Server,
     ) -> Result<(), RelayError> {
         let mut st = statements!(self, server);
-        let buf = &self.sbuf[..];
+        let buf = &w.sbuf[..];
         let mut frames = Frames::new(buf, self.max_message);
         // `buf[..run]` is accounted for in `cout` once `edited`.
         let (mut run, mut edited) = (0, false);
         // SQLSTATEs of errors shown to the client (rare: no allocation otherwise).
         let mut errors: Vec<Box<[u8]>> = Vec::new();
-        self.cout.clear();
+        w.cout.clear();
         for frame in &mut frames {
             let frame = frame.map_err(|e| RelayError::ServerLost(std::io::Error::other(e)))?;
-            match t.server_message(frame.tag, frame.body(buf), &mut st)? {
+            match w.t.server_message(frame.tag, frame.body(buf), &mut st)? {
                 Action::Forward => match frame.tag {
-                    b'Z' => self.counts.queries += 1,
+                    b'Z' => w.counts.queries += 1,
                     b'E' => errors.push(error_code(frame.body(buf)).unwrap_or(b"XX").into()),
                     _ => {}
                 },
                 Action::Swallow => {
-                    self.cout.extend_from_slice(&buf[run..frame.start]);
+                    w.cout.extend_from_slice(&buf[run..frame.start]);
                     (run, edited) = (frame.end, true);
                 }
                 Action::Replace(shown) => {
                     if shown.first() == Some(&b'E') {
                         errors.push(error_code(&shown[5..]).unwrap_or(b"XX").into());
                     }
-                    self.cout.extend_from_slice(&buf[run..frame.start]);
-                    self.cout.extend_from_slice(&shown);
+                    w.cout.extend_from_slice(&buf[run..frame.start]);
+                    w.cout.extend_from_slice(&shown);
                     (run, edited) = (frame.end, true);
                 }
             }
-            if t.fake_due() {
-                self.cout.extend_from_slice(&buf[run..frame.end]);
+            if w.t.fake_due() {
+                w.cout.extend_from_slice(&buf[run..frame.end]);
                 (run, edited) = (frame.end, true);
-                t.due_fakes(&mut self.cout);
+                w.t.due_fakes(&mut w.cout);
             }
         }
-        if let Some(text) = t.context_error.take() {
+        if let Some(text) = w.t.context_error.take() {
             return Err(RelayError::ContextFailed(text));
         }
         for code in errors {
@@ -656,21 +677,19 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Relay<S> {
         }
         let consumed = frames.consumed();
         if edited {
-            self.cout.extend_from_slice(&buf[run..consumed]);
-            self.counts.sent += self.cout.len() as u64;
-            if !self.cout.is_empty() {
-                send(&mut self.client, &self.cout)
-                    .await
-                    .map_err(client_io)?;
+            w.cout.extend_from_slice(&buf[run..consumed]);
+            w.counts.sent += w.cout.len() as u64;
+            if !w.cout.is_empty() {
+                send(&mut self.client, &w.cout).await.map_err(client_io)?;
             }
         } else if consumed > 0 {
-            self.counts.sent += consumed as u64;
+            w.counts.sent += consumed as u64;
             send(&mut self.client, &buf[..consumed])
                 .await
                 .map_err(client_io)?;
         }
-        self.sbuf.advance(consumed);
-        if let Some(again) = t.resend() {
+        w.sbuf.advance(consumed);
+        if let Some(again) = w.t.resend() {
             server
                 .stream
                 .send(&again)
@@ -686,7 +705,9 @@ const READ_AHEAD_LIMIT: usize = 1 << 20;
 
 /// Keeps room for a large read so big results do not trickle in 64-byte steps.
 fn reserve(buf: &mut BytesMut) {
-    if buf.capacity() - buf.len() < 4096 {
+    if buf.capacity() == 0 {
+        spares::take(buf);
+    } else if buf.capacity() - buf.len() < 4096 {
         buf.reserve(16 * 1024);
     }
 }

@@ -170,26 +170,30 @@ impl Tracker {
     }
 
     /// Ready for the next transaction; the queue and buffers keep their
-    /// capacity, so a session's transactions allocate nothing here.
+    /// capacity, so a tracker's transactions allocate nothing here.
     pub fn reset(&mut self) {
-        let mut replies = std::mem::take(&mut self.replies);
-        let mut custom = std::mem::take(&mut self.effect.custom);
-        let mut resend = std::mem::take(&mut self.resend);
-        let mut replay = std::mem::take(&mut self.replay);
-        replies.clear();
-        custom.clear();
-        resend.clear();
-        replay.clear();
-        *self = Tracker {
-            replies,
-            effect: Effect {
-                custom,
-                ..Effect::default()
-            },
-            resend,
-            replay,
-            ..Tracker::new()
-        };
+        self.replies.clear();
+        self.unsynced = false;
+        self.skipping = false;
+        self.status = TxStatus::Idle;
+        self.effect.settings = false;
+        self.effect.reset = false;
+        self.effect.custom.clear();
+        self.discarded = false;
+        self.unnamed_ready = false;
+        self.context_error = None;
+        self.copy_in = false;
+        self.draft = None;
+        self.armed = None;
+        self.resend.clear();
+        self.replay.clear();
+    }
+
+    /// Bytes of buffers it holds, to decide whether it is worth keeping.
+    pub fn footprint(&self) -> usize {
+        self.resend.capacity()
+            + self.replay.capacity()
+            + self.replies.capacity() * std::mem::size_of::<Reply>()
     }
 
     /// A failed segment is being run again: client messages must wait.

@@ -128,8 +128,8 @@ fn clients(deps: &Deps) -> Table {
             };
             vec![
                 cell("C"),
-                cell(&c.user),
-                cell(&c.database),
+                cell(c.user()),
+                cell(c.database()),
                 cell(c.tenant()),
                 cell(c.tier()),
                 cell(state.name()),
@@ -140,7 +140,7 @@ fn clients(deps: &Deps) -> Table {
                 cell(wait.as_secs()),
                 cell(wait.subsec_micros()),
                 cell(yes(c.tls)),
-                cell(&c.application_name),
+                cell(c.application_name()),
                 cell(c.id),
                 c.server().map(|(id, _)| id.to_string()),
             ]
