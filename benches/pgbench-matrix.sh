@@ -1,29 +1,38 @@
 #!/usr/bin/env bash
-# pgbench through pgtenant, through PgBouncer and straight to PostgreSQL, on the
-# same PostgreSQL, interleaved, with the team's baseline scripts (shared/bench,
-# beside this repository). Needs: apt-get install -y pgbouncer time.
-#   benches/pgbench-matrix.sh            # 16 clients, simple + extended, 3 x 10 s
-#   CLIENTS="1 16 64" REPS=5 benches/pgbench-matrix.sh
+# pgtenant against PgBouncer on one throwaway PostgreSQL: an interleaved pgbench
+# matrix (TPS, latency, each pooler's own CPU per transaction from /proc), then
+# resident memory per idle client, printed as tables of medians and ratios.
+# Run as root (PostgreSQL runs as the `postgres` user). Needs:
+#   apt-get install -y postgresql-15 pgbouncer valgrind
+# Examples:
+#   benches/pgbench-matrix.sh                               # 16 clients, simple + extended, 3 x 10 s
+#   CLIENTS="16 64 256" MODES="simple extended prepared" REPS=3 benches/pgbench-matrix.sh
+#   MEMORY=5000 benches/pgbench-matrix.sh                   # also RSS per idle client at 5,000
+#   INSTR=1 benches/pgbench-matrix.sh                       # also callgrind instructions per transaction
+# Settings (ports, data directory under /tmp/pgtenant-bench) are in benches/e2e/env.sh.
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
-BENCH=${BENCH:-$ROOT/../shared/bench}
+BENCH=$ROOT/benches/e2e
 source "$BENCH/env.sh"
 PROXY_DIR=$ANCHORS/pgtenant
 PROXY_PORT=${PROXY_PORT:-7440}
+WORKERS=${WORKERS:-0}
+BIN=$ROOT/target/release/pgtenant
 
 cargo build --release --quiet --manifest-path "$ROOT/Cargo.toml"
 [ -e "$PGDATA/PG_VERSION" ] || "$BENCH/pg-setup.sh"
-[ -e "$PGDATA/postmaster.pid" ] || "$BENCH/pg-start.sh"
-"$BENCH/pgbouncer-start.sh"
+as_pg "$PGBIN/pg_ctl" -D "$PGDATA" status > /dev/null 2>&1 || "$BENCH/pg-start.sh"
 
 mkdir -p "$PROXY_DIR"
-secret=$(echo "$BENCH_PASS" | "$ROOT/target/release/pgtenant" scram-secret)
+secret=$(echo "$BENCH_PASS" | "$BIN" scram-secret)
 cat > "$PROXY_DIR/proxy.yaml" <<YAML
 listen: 127.0.0.1:$PROXY_PORT
+workers: $WORKERS
+limits: { max_client_connections: 20000 }
 clusters:
   bench: { host: 127.0.0.1, port: $PG_PORT, database: $BENCH_DB, user: $BENCH_USER, password: "$BENCH_PASS", max_server_connections: 50 }
 tiers:
-  bench: { pool_size: 20, queue_timeout: 60s, max_client_connections: 5000 }
+  bench: { pool_size: 20, queue_timeout: 60s, max_client_connections: 20000 }
 tenants:
   bench:
     tier: bench
@@ -31,13 +40,49 @@ tenants:
     users:
       $BENCH_USER: { password: "$secret" }
 YAML
-RUST_LOG=warn "$ROOT/target/release/pgtenant" run -c "$PROXY_DIR/proxy.yaml" > "$PROXY_DIR/log" 2>&1 &
-echo $! > "$PROXY_DIR/pid"
-trap 'kill "$(cat "$PROXY_DIR/pid")" 2>/dev/null; "$BENCH/pgbouncer-stop.sh"' EXIT
-sleep 1
+
+start_pgtenant() {
+  ulimit -n 20000
+  RUST_LOG=warn "$BIN" run -c "$PROXY_DIR/proxy.yaml" > "$PROXY_DIR/log" 2>&1 &
+  echo $! > "$PROXY_DIR/pid"
+  for _ in $(seq 50); do pg_isready -q -h 127.0.0.1 -p "$PROXY_PORT" && return; sleep 0.1; done
+  echo "pgtenant did not start: $(cat "$PROXY_DIR/log")" >&2; exit 1
+}
+stop_all() {
+  [ -s "$PROXY_DIR/pid" ] && kill "$(cat "$PROXY_DIR/pid")" 2>/dev/null || true
+  "$BENCH/pgbouncer-stop.sh" > /dev/null 2>&1 || true
+  sleep 1
+}
+trap stop_all EXIT
+stop_all
+MAX_CLIENT_CONN=10000 "$BENCH/pgbouncer-start.sh"
+start_pgtenant
 
 OUT=${OUT:-$ANCHORS/results/pgtenant-$(date +%Y%m%d-%H%M%S)}
+mkdir -p "$OUT"
 OUT=$OUT TARGETS="direct:$PG_PORT pgbouncer:$PGB_PORT:$PGB_DIR/pgbouncer.pid pgtenant:$PROXY_PORT:$PROXY_DIR/pid" \
   MODES=${MODES:-simple extended} CLIENTS=${CLIENTS:-16} REPS=${REPS:-3} DURATION=${DURATION:-10} \
   FOREIGN_IGNORE="postgres pgbench pgbouncer pgtenant" "$BENCH/bench-matrix.sh"
-python3 "$BENCH/summarize.py" "$OUT/runs.csv" --compact
+echo "## TPS, latency and pooler CPU per transaction (medians; ratios to PgBouncer)"
+python3 "$BENCH/summarize.py" "$OUT/runs.csv" --compact | tee "$OUT/summary.md"
+
+if [ -n "${MEMORY:-}" ]; then
+  # Each pooler freshly started, then MEMORY idle clients held.
+  stop_all; MAX_CLIENT_CONN=10000 "$BENCH/pgbouncer-start.sh"; start_pgtenant
+  "$BENCH/mem-per-conn.sh" pgbouncer "$PGB_PORT" "$(cat "$PGB_DIR/pgbouncer.pid")" "$MEMORY" | tee "$OUT/mem.txt"
+  "$BENCH/mem-per-conn.sh" pgtenant "$PROXY_PORT" "$(cat "$PROXY_DIR/pid")" "$MEMORY" | tee -a "$OUT/mem.txt"
+  echo "## Resident memory per idle client at $MEMORY clients"
+  awk -F, '/^mem,/{kib[$2]=$7; held[$2]=$4} END {
+    printf "| pooler | clients held | KiB per idle client |\n|---|---|---|\n";
+    for (p in kib) printf "| %s | %s | %s |\n", p, held[p], kib[p];
+    if (kib["pgbouncer"] > 0) printf "pgtenant / PgBouncer: %.2fx\n", kib["pgtenant"] / kib["pgbouncer"] }' "$OUT/mem.txt"
+fi
+
+if [ -n "${INSTR:-}" ]; then
+  stop_all
+  echo "## User-space instructions per transaction (callgrind, 4 clients)"
+  PIDFILE=$PROXY_DIR/vg.pid START_CMD="cd $PROXY_DIR && (RUST_LOG=warn valgrind --tool=callgrind --callgrind-out-file=\$CG_OUT $BIN run -c proxy.yaml > vg.log 2>&1 & echo \$! > $PROXY_DIR/vg.pid)" \
+    "$BENCH/instr-per-tx.sh" pgtenant "$PROXY_PORT" | tee "$OUT/instr.txt"
+  "$BENCH/pgbouncer-instr.sh" | tee -a "$OUT/instr.txt"
+fi
+echo "results in $OUT"

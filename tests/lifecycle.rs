@@ -538,3 +538,52 @@ async fn reload_is_refused_when_a_tenant_role_is_missing() {
     assert_eq!(one(&globex, "SELECT current_user").await, "tenant_globex");
     assert_eq!(proxy.deps.metrics.reload_failures.get(), 1);
 }
+
+/// `workers: 1` runs the proxy on tokio's current-thread scheduler: the same
+/// relay, every session on one thread. pgbench over two tenants and a check
+/// of each tenant's context through it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_single_threaded_proxy_serves_tenants() {
+    let db = pg().database("one_worker");
+    pgbench_init(&db);
+    let (_dir, path) = binary_config(&db, "5s");
+    let yaml = std::fs::read_to_string(&path).unwrap() + "workers: 1\n";
+    write(&path, &yaml);
+    let binary = Binary::start(&path, "info");
+    let bin = pgtenant::demo::postgres::find_bin().unwrap();
+    let port = binary.port.to_string();
+    let runs: Vec<_> = [("acme", "extended"), ("globex", "simple")]
+        .into_iter()
+        .map(|(tenant, mode)| {
+            tokio::process::Command::new(bin.join("pgbench"))
+                .args(["-n", "-S", "-c", "8", "-j", "2", "-T", "3", "-M", mode])
+                .args(["-h", "127.0.0.1", "-p", &port, "-U"])
+                .arg(format!("app.{tenant}"))
+                .arg(&db)
+                .env("PGPASSWORD", APP_PASSWORD)
+                .output()
+        })
+        .collect();
+    let outs = futures_util::future::join_all(runs).await;
+    for out in &outs {
+        assert_pgbench_clean("pgbench on one worker", out.as_ref().unwrap(), 100);
+    }
+    for tenant in ["acme", "globex"] {
+        let (client, connection) = binary
+            .client_config(&format!("app.{tenant}"), APP_PASSWORD, &db)
+            .connect(tokio_postgres::NoTls)
+            .await
+            .unwrap();
+        tokio::spawn(connection);
+        let row = client
+            .query_one("select current_setting('app.current_tenant')", &[])
+            .await
+            .unwrap();
+        assert_eq!(row.get::<_, String>(0), tenant);
+    }
+    assert!(
+        binary.log().contains("pgtenant accepting clients"),
+        "{}",
+        binary.log()
+    );
+}

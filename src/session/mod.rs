@@ -123,6 +123,11 @@ impl Deps {
                 &format!("{:?}", old.config.log_format),
                 &format!("{:?}", config.log_format),
             ),
+            (
+                "workers",
+                &old.config.workers.to_string(),
+                &config.workers.to_string(),
+            ),
         ] {
             if was != now {
                 tracing::warn!(key, "changed in the file; takes effect at the next restart");
@@ -131,6 +136,7 @@ impl Deps {
         config.listen.clone_from(&old.config.listen);
         config.metrics.listen.clone_from(&old.config.metrics.listen);
         config.log_format = old.config.log_format;
+        config.workers = old.config.workers;
         self.metrics
             .tenants
             .set_max(config.metrics.max_tenant_series);
