@@ -23,19 +23,12 @@ async fn pgbench_in_every_mode_over_three_tenants() {
     let db = pg().database("drivers_pgbench");
     pgbench_init(&db);
     let proxy = start(&shared_pool(&db)).await;
-    let bin = pgtenant::demo::postgres::find_bin().unwrap();
-    let port = proxy.port.to_string();
     for mode in ["simple", "extended", "prepared"] {
         let runs: Vec<_> = [("acme", "11"), ("umbrella", "11"), ("initech", "10")]
             .into_iter()
             .map(|(tenant, clients)| {
-                tokio::process::Command::new(bin.join("pgbench"))
-                    .args(["-n", "-S", "-c", clients, "-j", "2", "-T", "3", "-M", mode])
-                    .args(["-h", "127.0.0.1", "-p", &port, "-U"])
-                    .arg(format!("app.{tenant}"))
-                    .arg(&db)
-                    .env("PGPASSWORD", APP_PASSWORD)
-                    .output()
+                let options = ["-n", "-S", "-c", clients, "-j", "2", "-T", "3", "-M", mode];
+                pgbench_as(proxy.port, &db, tenant, &options).output()
             })
             .collect();
         for (run, tenant) in futures_util::future::join_all(runs)

@@ -182,8 +182,6 @@ async fn twenty_reloads_during_pgbench_fail_no_transaction() {
     write(&path, &base);
     let binary = Binary::start(&path, "info");
     let metrics = binary.metrics_addr();
-    let bin = pgtenant::demo::postgres::find_bin().unwrap();
-    let port = binary.port.to_string();
     let runs: Vec<_> = [
         ("acme", "extended"),
         ("initech", "prepared"),
@@ -191,27 +189,8 @@ async fn twenty_reloads_during_pgbench_fail_no_transaction() {
     ]
     .into_iter()
     .map(|(tenant, mode)| {
-        tokio::process::Command::new(bin.join("pgbench"))
-            .args([
-                "-n",
-                "-c",
-                "4",
-                "-j",
-                "2",
-                "-T",
-                "12",
-                "-M",
-                mode,
-                "-h",
-                "127.0.0.1",
-                "-p",
-                &port,
-                "-U",
-            ])
-            .arg(format!("app.{tenant}"))
-            .arg(&db)
-            .env("PGPASSWORD", APP_PASSWORD)
-            .output()
+        let options = ["-n", "-c", "4", "-j", "2", "-T", "12", "-M", mode];
+        pgbench_as(binary.port, &db, tenant, &options).output()
     })
     .collect();
     let bench = tokio::spawn(futures_util::future::join_all(runs));
@@ -550,18 +529,11 @@ async fn a_single_threaded_proxy_serves_tenants() {
     let yaml = std::fs::read_to_string(&path).unwrap() + "workers: 1\n";
     write(&path, &yaml);
     let binary = Binary::start(&path, "info");
-    let bin = pgtenant::demo::postgres::find_bin().unwrap();
-    let port = binary.port.to_string();
     let runs: Vec<_> = [("acme", "extended"), ("globex", "simple")]
         .into_iter()
         .map(|(tenant, mode)| {
-            tokio::process::Command::new(bin.join("pgbench"))
-                .args(["-n", "-S", "-c", "8", "-j", "2", "-T", "3", "-M", mode])
-                .args(["-h", "127.0.0.1", "-p", &port, "-U"])
-                .arg(format!("app.{tenant}"))
-                .arg(&db)
-                .env("PGPASSWORD", APP_PASSWORD)
-                .output()
+            let options = ["-n", "-S", "-c", "8", "-j", "2", "-T", "3", "-M", mode];
+            pgbench_as(binary.port, &db, tenant, &options).output()
         })
         .collect();
     let outs = futures_util::future::join_all(runs).await;
@@ -569,12 +541,8 @@ async fn a_single_threaded_proxy_serves_tenants() {
         assert_pgbench_clean("pgbench on one worker", out.as_ref().unwrap(), 100);
     }
     for tenant in ["acme", "globex"] {
-        let (client, connection) = binary
-            .client_config(&format!("app.{tenant}"), APP_PASSWORD, &db)
-            .connect(tokio_postgres::NoTls)
-            .await
-            .unwrap();
-        tokio::spawn(connection);
+        let config = binary.client_config(&format!("app.{tenant}"), APP_PASSWORD, &db);
+        let (client, _connection) = connect_watched(&config).await;
         let row = client
             .query_one("select current_setting('app.current_tenant')", &[])
             .await

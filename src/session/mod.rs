@@ -275,6 +275,11 @@ async fn start(
     let limits = config.limits.clone();
     // One deadline for encryption, startup and authentication together.
     let deadline = tokio::time::Instant::now() + limits.login_timeout;
+    let place = Place {
+        peer,
+        task,
+        deadline,
+    };
     let shaken = tokio::time::timeout_at(
         deadline,
         handshake::handshake(tcp, &config.tls, limits.max_startup_packet_size),
@@ -301,11 +306,6 @@ async fn start(
                 return None;
             }
             drop(runtime);
-            let place = Place {
-                peer,
-                task,
-                deadline,
-            };
             return session(stream, startup, None, deps, place, limits)
                 .await
                 .map(Started::Plain);
@@ -313,11 +313,6 @@ async fn start(
         Ok(Ok(Handshake::Tls(stream, startup, end_point))) => (stream, startup, end_point),
     };
     drop(runtime);
-    let place = Place {
-        peer,
-        task,
-        deadline,
-    };
     session(stream, startup, Some(end_point), deps, place, limits)
         .await
         .map(Started::Tls)

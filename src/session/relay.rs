@@ -429,13 +429,12 @@ impl<S: ClientStream> Relay<S> {
         self.ready_for_query().await
     }
 
-    /// One transaction on `lease`, begun at `began`, with a tracker lent by
-    /// the worker: reused, so its queue and buffers are not allocated per
-    /// transaction. Its counts go to the metrics once, at its end (the lease
+    /// One transaction on `lease`, begun at `began`, with state lent by the
+    /// worker ([`Work`]): reused, so its queue and buffers are not allocated
+    /// per transaction. Its counts go to the metrics once, at its end (the lease
     /// is from the session's pool: the pool only changes between transactions).
     async fn transaction(&mut self, lease: Lease, began: Instant) -> Result<(), RelayError> {
         let mut w = spares::work();
-        w.t.reset();
         let result = self.run_transaction(lease, &mut w).await;
         let counts = std::mem::take(&mut w.counts);
         spares::give_work(w);
@@ -462,7 +461,6 @@ impl<S: ClientStream> Relay<S> {
                 .context
                 .as_ref()
                 .is_some_and(|c| Arc::ptr_eq(c, &wanted) || *c == wanted);
-        spares::take(&mut w.out);
         w.out.clear();
         if send_context {
             // Context and the client's first messages go out in one write.
@@ -705,9 +703,7 @@ const READ_AHEAD_LIMIT: usize = 1 << 20;
 
 /// Keeps room for a large read so big results do not trickle in 64-byte steps.
 fn reserve(buf: &mut BytesMut) {
-    if buf.capacity() == 0 {
-        spares::take(buf);
-    } else if buf.capacity() - buf.len() < 4096 {
+    if buf.capacity() - buf.len() < 4096 {
         buf.reserve(16 * 1024);
     }
 }

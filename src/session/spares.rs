@@ -10,8 +10,8 @@ use bytes::BytesMut;
 
 use super::tracker::Tracker;
 
-/// What a lent buffer starts with: a typical transaction reads and writes in
-/// one go within this.
+/// What a lent buffer (a client's, or a transaction's server buffer) starts
+/// with: a typical transaction reads and writes in one go within this.
 pub const SIZE: usize = 8 * 1024;
 /// Bigger buffers (grown by a large result) are freed, not kept.
 const KEEP_AT_MOST: usize = 64 * 1024;
@@ -56,12 +56,12 @@ pub struct Counts {
     pub sent: u64,
 }
 
-/// State for one transaction (the tracker is reset by the caller).
+/// Clean state for one transaction.
 pub fn work() -> Box<Work> {
     WORK.with(|s| s.borrow_mut().pop()).unwrap_or_else(|| {
         Box::new(Work {
             t: Tracker::new(),
-            sbuf: BytesMut::new(),
+            sbuf: BytesMut::with_capacity(SIZE),
             out: BytesMut::new(),
             cout: BytesMut::new(),
             counts: Counts::default(),
@@ -76,7 +76,9 @@ pub fn give_work(mut w: Box<Work>) {
     if held > KEEP_AT_MOST {
         return;
     }
+    w.t.reset();
     w.sbuf.clear();
+    w.counts = Counts::default();
     keep(&WORK, w);
 }
 

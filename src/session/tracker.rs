@@ -172,21 +172,37 @@ impl Tracker {
     /// Ready for the next transaction; the queue and buffers keep their
     /// capacity, so a tracker's transactions allocate nothing here.
     pub fn reset(&mut self) {
-        self.replies.clear();
-        self.unsynced = false;
-        self.skipping = false;
-        self.status = TxStatus::Idle;
-        self.effect.settings = false;
-        self.effect.reset = false;
-        self.effect.custom.clear();
-        self.discarded = false;
-        self.unnamed_ready = false;
-        self.context_error = None;
-        self.copy_in = false;
-        self.draft = None;
-        self.armed = None;
-        self.resend.clear();
-        self.replay.clear();
+        // Every field by name: a new one that is not reset here fails to compile.
+        let Tracker {
+            replies,
+            unsynced,
+            skipping,
+            status,
+            effect,
+            discarded,
+            unnamed_ready,
+            context_error,
+            copy_in,
+            draft,
+            armed,
+            resend,
+            replay,
+        } = self;
+        replies.clear();
+        *unsynced = false;
+        *skipping = false;
+        *status = TxStatus::Idle;
+        effect.settings = false;
+        effect.reset = false;
+        effect.custom.clear();
+        *discarded = false;
+        *unnamed_ready = false;
+        *context_error = None;
+        *copy_in = false;
+        *draft = None;
+        *armed = None;
+        resend.clear();
+        replay.clear();
     }
 
     /// Bytes of buffers it holds, to decide whether it is worth keeping.

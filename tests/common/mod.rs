@@ -401,6 +401,20 @@ pub fn pgbench_init(db: &str) {
     );
 }
 
+/// pgbench through a proxy on `port` as `tenant`'s app user, with `options`
+/// (mode, clients, duration…) before the connection arguments.
+pub fn pgbench_as(port: u16, db: &str, tenant: &str, options: &[&str]) -> tokio::process::Command {
+    let bin = pgtenant::demo::postgres::find_bin().unwrap();
+    let mut command = tokio::process::Command::new(bin.join("pgbench"));
+    command
+        .args(options)
+        .args(["-h", "127.0.0.1", "-p", &port.to_string(), "-U"])
+        .arg(format!("app.{tenant}"))
+        .arg(db)
+        .env("PGPASSWORD", APP_PASSWORD);
+    command
+}
+
 /// Asserts a pgbench run succeeded with no failed transaction and more than
 /// `at_least` done.
 pub fn assert_pgbench_clean(what: &str, out: &std::process::Output, at_least: u64) {
