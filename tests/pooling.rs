@@ -281,6 +281,9 @@ async fn session_state_never_leaks_to_the_next_client() {
     let proxy = start_tier(&db, "one", "{ pool_size: 1, statement_timeout: 3s }").await;
     let a = proxy.connect("acme", &db).await;
     let b = proxy.connect("acme", &db).await;
+    // Another tenant of the tier: switching to it sets only the tenant's part
+    // of the context, and the tier's settings must still be back in force.
+    let c = proxy.connect("umbrella", &db).await;
     let zone = one(&b, "SHOW TimeZone").await;
     a.batch_execute(
         "SET work_mem = '77MB'; SET statement_timeout = 1000; SET TimeZone = 'Asia/Tokyo'; SET app.feature_flag = 'on'",
@@ -313,6 +316,13 @@ async fn session_state_never_leaks_to_the_next_client() {
             one(&b, "SELECT current_setting('app.current_tenant')").await,
             "acme"
         );
+        assert_eq!(one(&a, "SHOW statement_timeout").await, "1s");
+        assert_eq!(one(&c, "SHOW statement_timeout").await, "3s");
+        assert_eq!(one(&c, "SHOW work_mem").await, "4MB");
+        assert_eq!(
+            one(&c, "SELECT current_setting('app.current_tenant')").await,
+            "umbrella"
+        );
         assert_eq!(one(&a, "SHOW work_mem").await, "77MB");
         assert_eq!(one(&a, "SHOW statement_timeout").await, "1s");
         assert_eq!(one(&a, "SHOW TimeZone").await, "Asia/Tokyo");
@@ -327,6 +337,30 @@ async fn session_state_never_leaks_to_the_next_client() {
         .unwrap();
     assert_eq!(one(&a, "SHOW TimeZone").await, "Asia/Tokyo");
     assert_eq!(one(&b, "SHOW TimeZone").await, zone);
+}
+
+/// An idle server that already carries a tenant's context goes to that
+/// tenant's next transaction, sparing PostgreSQL the switch.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_server_with_the_tenants_context_is_preferred() {
+    let db = pg().database("affinity");
+    let proxy = start_tier(&db, "two", "{ pool_size: 2 }").await;
+    let a = proxy.connect("acme", &db).await;
+    let u = proxy.connect("umbrella", &db).await;
+    // Both in a transaction at once: each holds one of the two servers.
+    a.batch_execute("BEGIN").await.unwrap();
+    u.batch_execute("BEGIN").await.unwrap();
+    let a_pid = one(&a, "SELECT pg_backend_pid()").await;
+    let u_pid = one(&u, "SELECT pg_backend_pid()").await;
+    assert_ne!(a_pid, u_pid);
+    a.batch_execute("COMMIT").await.unwrap();
+    u.batch_execute("COMMIT").await.unwrap();
+    // Each time, the other tenant's server went idle last: the most recently
+    // used one would be the wrong one.
+    for _ in 0..3 {
+        assert_eq!(one(&a, "SELECT pg_backend_pid()").await, a_pid);
+        assert_eq!(one(&u, "SELECT pg_backend_pid()").await, u_pid);
+    }
 }
 
 /// An idle server that died (terminated by an admin) is replaced, never handed out.

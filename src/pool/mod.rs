@@ -11,7 +11,6 @@
 mod queue;
 mod registry;
 
-use std::collections::HashMap;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime};
@@ -70,10 +69,11 @@ struct Inner {
     /// (Boxed: a server moves between pool and lease as a pointer.)
     #[allow(clippy::vec_box)]
     idle: Vec<Box<Server>>,
-    /// Servers held (or being opened) per tenant, for `max_tenant_share`. Every
-    /// open server is either idle or held, so [`Inner::open`] is derived from
-    /// these two and never goes out of step with them.
-    held: HashMap<Arc<str>, u32>,
+    /// Servers held (or being opened) per tenant, for `max_tenant_share`, and
+    /// their sum. Every open server is either idle or held, so [`Inner::open`]
+    /// is derived from these; only [`Inner::hold`] and [`Inner::unhold`] change them.
+    held: foldhash::HashMap<Arc<str>, u32>,
+    held_total: u32,
     queue: FairQueue<oneshot::Sender<Lease>>,
     next_waiter: u64,
     /// `ParameterStatus` set of the most recent server connection.
@@ -83,7 +83,24 @@ struct Inner {
 impl Inner {
     /// Servers open or being opened.
     fn open(&self) -> u32 {
-        self.idle.len() as u32 + self.held.values().sum::<u32>()
+        self.idle.len() as u32 + self.held_total
+    }
+
+    /// Starts one hold of `tenant`.
+    fn hold(&mut self, tenant: &Arc<str>) {
+        *self.held.entry(Arc::clone(tenant)).or_default() += 1;
+        self.held_total += 1;
+    }
+
+    /// The idle server to hand to `tenant`: the most recently used one that
+    /// already carries its context (sparing the server the switch), else the
+    /// most recently used.
+    fn take_idle(&mut self, tenant: &str) -> Option<Box<Server>> {
+        let carries = |s: &Server| s.context.as_ref().is_some_and(|c| c.tenant == tenant);
+        match self.idle.iter().rposition(|s| carries(s)) {
+            Some(i) => Some(self.idle.remove(i)),
+            None => self.idle.pop(),
+        }
     }
 
     /// Ends one hold of `tenant`; a reusable server goes idle, `None` means the
@@ -91,6 +108,7 @@ impl Inner {
     fn unhold(&mut self, tenant: &str, server: Option<Box<Server>>) {
         if let Some(held) = self.held.get_mut(tenant) {
             *held -= 1;
+            self.held_total -= 1;
             if *held == 0 {
                 self.held.remove(tenant);
             }
@@ -153,7 +171,8 @@ impl Pool {
             inner: Mutex::new(Inner {
                 sizes,
                 idle: Vec::new(),
-                held: HashMap::new(),
+                held: Default::default(),
+                held_total: 0,
                 queue: FairQueue::default(),
                 next_waiter: 0,
                 params: None,
@@ -326,11 +345,11 @@ impl Pool {
         if inner.held.get(tenant).copied().unwrap_or(0) >= inner.sizes.max_tenant_share {
             return None;
         }
-        let server = inner.idle.pop();
-        if server.is_none() && inner.open() >= inner.sizes.max_size {
+        if inner.idle.is_empty() && inner.open() >= inner.sizes.max_size {
             return None;
         }
-        *inner.held.entry(Arc::clone(tenant)).or_default() += 1;
+        let server = inner.take_idle(tenant);
+        inner.hold(tenant);
         Some(server)
     }
 
@@ -409,7 +428,7 @@ impl Pool {
             return None;
         }
         let tenant: Arc<str> = Arc::from("");
-        *inner.held.entry(Arc::clone(&tenant)).or_default() += 1;
+        inner.hold(&tenant);
         Some(Lease::new(self, tenant, None))
     }
 }

@@ -329,15 +329,15 @@ impl<S: ClientStream> Relay<S> {
         self.check_standing()?;
         // An idle server at once, or a wait (boxed: waiting may mean
         // connecting, a big state no transaction should carry).
-        let checkout = match self.session.pool.checkout_idle(&self.session.tenant_key) {
-            Some(lease) => Ok(lease),
+        // The end of a wait is the start of the transaction (no wait: no
+        // second clock read).
+        let (checkout, began) = match self.session.pool.checkout_idle(&self.session.tenant_key) {
+            Some(lease) => (Ok(lease), started),
             None => match Box::pin(self.checkout(started)).await? {
-                Some(checkout) => checkout,
+                Some(checkout) => (checkout, Instant::now()),
                 None => return Ok(false),
             },
         };
-        // One clock read: the end of the wait is the start of the transaction.
-        let began = Instant::now();
         let waited = began - started;
         let entry = &self.registered.entry;
         match checkout {
@@ -456,28 +456,32 @@ impl<S: ClientStream> Relay<S> {
         let server = lease.server();
         let wanted = Arc::clone(&self.session.context);
         let reset = server.needs_reset;
-        let send_context = reset
-            || !server
-                .context
-                .as_ref()
-                .is_some_and(|c| Arc::ptr_eq(c, &wanted) || *c == wanted);
+        // What the server must run to carry `wanted`: nothing, all of it, or
+        // (coming from a tenant of the same tier) only the tenant's part.
+        let (switch, replies) = match &server.context {
+            Some(c) if !reset && (Arc::ptr_eq(c, &wanted) || *c == wanted) => (&[][..], 0),
+            Some(c) if !reset => wanted.switch_from(c),
+            _ => (&wanted.wire[..], wanted.replies),
+        };
+        let send_context = replies > 0;
         w.out.clear();
         if send_context {
             // Context and the client's first messages go out in one write.
             if reset {
                 w.out.extend_from_slice(context::RESET);
                 server.statements.clear();
-                w.t.own_query();
-            }
-            w.out.extend_from_slice(&wanted.wire);
-            for _ in 0..wanted.replies {
-                w.t.own_query();
-            }
-            if reset {
                 server.settings.clear();
+                w.t.own_query();
             }
-            for (name, _) in &wanted.owned {
-                server.settings.remove(name);
+            w.out.extend_from_slice(switch);
+            for _ in 0..replies {
+                w.t.own_query();
+            }
+            if replies == wanted.replies {
+                // The tier's settings were set again, over any client's values.
+                for (name, _) in &wanted.owned {
+                    server.settings.remove(name);
+                }
             }
         }
         let apply = settings::apply_sql(&server.settings, &self.settings, &wanted.owned);

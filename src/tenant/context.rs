@@ -25,6 +25,10 @@ pub struct TenantContext {
     pub tenant: String,
     /// The `Query` messages, ready to write.
     pub wire: Bytes,
+    /// Where the first message ends in `wire`.
+    first_len: usize,
+    /// Whether the second message sets a role (which the first resets).
+    sets_role: bool,
     /// How many `ReadyForQuery` replies they produce (and the relay swallows).
     pub replies: usize,
     /// The SQL, kept to compare contexts and for logs.
@@ -68,16 +72,34 @@ impl TenantContext {
             format!("{}\0{search_path}", tenant.role.as_deref().unwrap_or("")).into_bytes();
         let sql = vec![first, second.join("; ")];
         let mut wire = BytesMut::new();
-        for q in &sql {
-            build::query(&mut wire, q);
-        }
+        build::query(&mut wire, &sql[0]);
+        let first_len = wire.len();
+        build::query(&mut wire, &sql[1]);
         TenantContext {
             tenant: tenant.id.clone(),
             wire: wire.freeze(),
+            first_len,
+            sets_role: tenant.role.is_some(),
             replies: sql.len(),
             sql,
             namespace,
             owned,
+        }
+    }
+}
+
+impl TenantContext {
+    /// What switches a server that carries `current` to this context, and how
+    /// many `ReadyForQuery` replies it makes. The first message alone when the
+    /// second would set what the server already has: the same tier settings
+    /// and no role (tenants of one tier, the common switch). Settings a client
+    /// changed on top stay recorded on the server and are re-applied as after
+    /// a full switch.
+    pub fn switch_from(&self, current: &TenantContext) -> (&[u8], usize) {
+        if !self.sets_role && !current.sets_role && self.sql[1] == current.sql[1] {
+            (&self.wire[..self.first_len], 1)
+        } else {
+            (&self.wire, self.replies)
         }
     }
 }
@@ -145,6 +167,28 @@ mod tests {
             "SET app.tenant TO 'acme'; SET search_path TO \"acme\", public; RESET ROLE"
         );
         assert!(c.sql[1].starts_with("SET ROLE \"acme_role\"; "));
+    }
+
+    #[test]
+    fn a_switch_within_a_tier_sets_only_the_tenant() {
+        let other = Tenant {
+            id: "umbrella".into(),
+            ..tenant(None, None)
+        };
+        let from = TenantContext::new("app.current_tenant", &other, &tier());
+        let to = TenantContext::new("app.current_tenant", &tenant(None, None), &tier());
+        let mut first = BytesMut::new();
+        build::query(&mut first, &to.sql[0]);
+        assert_eq!(to.switch_from(&from), (&first[..], 1));
+        // A role is reset by the first message and set by the second.
+        let with_role = TenantContext::new("app.current_tenant", &tenant(None, Some("r")), &tier());
+        assert_eq!(with_role.switch_from(&from), (&with_role.wire[..], 2));
+        assert_eq!(to.switch_from(&with_role), (&to.wire[..], 2));
+        // Another tier's settings are set again.
+        let mut slow = tier();
+        slow.statement_timeout = None;
+        let other_tier = TenantContext::new("app.current_tenant", &other, &slow);
+        assert_eq!(to.switch_from(&other_tier), (&to.wire[..], 2));
     }
 
     #[test]

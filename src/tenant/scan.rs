@@ -140,6 +140,61 @@ mod tests {
     }
 
     #[test]
+    fn each_word_counts_where_it_should() {
+        let leading = [
+            "set",
+            "reset",
+            "discard",
+            "deallocate",
+            "listen",
+            "prepare",
+            "declare",
+            "do",
+            "load",
+            "call",
+            "alter",
+            "create",
+        ];
+        for word in leading {
+            for spelled in [word.to_owned(), word.to_ascii_uppercase()] {
+                assert!(
+                    may_change_session(format!("{spelled} x").as_bytes()),
+                    "{spelled}"
+                );
+                assert!(may_change_session(
+                    format!("select 1; {spelled} x").as_bytes()
+                ));
+                assert!(!may_change_session(
+                    format!("select {spelled} from t").as_bytes()
+                ));
+            }
+        }
+        let anywhere = [
+            "set_config",
+            "temp",
+            "temporary",
+            "authorization",
+            "hold",
+            "pg_settings",
+            "advisory",
+            "pg_advisory_unlock_all",
+            "xadvisoryx",
+        ];
+        for word in anywhere {
+            for spelled in [word.to_owned(), word.to_ascii_uppercase()] {
+                assert!(may_change_session(
+                    format!("select {spelled}(1)").as_bytes()
+                ));
+            }
+        }
+        for near_miss in ["sets", "holds", "temps", "advisor", "pg_setting", "calls"] {
+            assert!(!may_change_session(
+                format!("select {near_miss}").as_bytes()
+            ));
+        }
+    }
+
+    #[test]
     fn session_changes_are_found_however_written() {
         for sql in [
             "SET work_mem = '1GB'",
