@@ -9,6 +9,8 @@
 #   CLIENTS="16 64 256" MODES="simple extended prepared" REPS=3 benches/pgbench-matrix.sh
 #   MEMORY=5000 benches/pgbench-matrix.sh                   # also RSS per idle client at 5,000
 #   INSTR=1 benches/pgbench-matrix.sh                       # also callgrind instructions per transaction
+#   TENANTS=100 CLIENTS=100 benches/pgbench-matrix.sh        # clients spread over 100 tenants of one tier
+#     (one pgbench process per tenant; PgBouncer and direct run as many processes as one user)
 # Settings (ports, data directory under /tmp/pgtenant-bench) are in benches/e2e/env.sh.
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
@@ -40,6 +42,12 @@ tenants:
     users:
       $BENCH_USER: { password: "$secret" }
 YAML
+TENANTS=${TENANTS:-}
+TENANT_USER=tenant%03d
+for i in $(seq 1 "${TENANTS:-0}"); do
+  user=$(printf "$TENANT_USER" "$i")
+  echo "  $user: { tier: bench, cluster: bench, users: { $user: { password: \"$secret\" } } }"
+done >> "$PROXY_DIR/proxy.yaml"
 
 start_pgtenant() {
   ulimit -n 20000
@@ -60,8 +68,8 @@ start_pgtenant
 
 OUT=${OUT:-$ANCHORS/results/pgtenant-$(date +%Y%m%d-%H%M%S)}
 mkdir -p "$OUT"
-OUT=$OUT TARGETS="direct:$PG_PORT pgbouncer:$PGB_PORT:$PGB_DIR/pgbouncer.pid pgtenant:$PROXY_PORT:$PROXY_DIR/pid" \
-  MODES=${MODES:-simple extended} CLIENTS=${CLIENTS:-16} REPS=${REPS:-3} DURATION=${DURATION:-10} \
+OUT=$OUT TARGETS="direct:$PG_PORT pgbouncer:$PGB_PORT:$PGB_DIR/pgbouncer.pid pgtenant:$PROXY_PORT:$PROXY_DIR/pid${TENANTS:+:$TENANT_USER}" \
+  PROCS=${TENANTS:-1} MODES=${MODES:-simple extended} CLIENTS=${CLIENTS:-16} REPS=${REPS:-3} DURATION=${DURATION:-10} \
   FOREIGN_IGNORE="postgres pgbench pgbouncer pgtenant" "$BENCH/bench-matrix.sh"
 echo "## TPS, latency and pooler CPU per transaction (medians; ratios to PgBouncer)"
 python3 "$BENCH/summarize.py" "$OUT/runs.csv" --compact | tee "$OUT/summary.md"

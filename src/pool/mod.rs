@@ -336,6 +336,7 @@ impl Pool {
             tenant: Arc::clone(tenant),
             id,
             rx,
+            served: false,
         })
     }
 
@@ -512,18 +513,23 @@ impl Drop for Connecting<'_> {
     }
 }
 
-/// A queued checkout. Dropping it (timeout, client gone) removes the waiter.
+/// A queued checkout. Dropping it unserved (timeout, client gone) removes the waiter.
 struct Wait {
     pool: Arc<Pool>,
     tenant: Arc<str>,
     id: u64,
     rx: oneshot::Receiver<Lease>,
+    /// Served: the pool took the waiter off its queue to send the lease.
+    served: bool,
 }
 
 impl Wait {
     async fn until(mut self, deadline: Instant) -> Result<Lease, CheckoutError> {
         match tokio::time::timeout_at(deadline.into(), &mut self.rx).await {
-            Ok(Ok(lease)) => Ok(lease),
+            Ok(Ok(lease)) => {
+                self.served = true;
+                Ok(lease)
+            }
             _ => Err(CheckoutError::QueueTimeout),
         }
     }
@@ -531,6 +537,9 @@ impl Wait {
 
 impl Drop for Wait {
     fn drop(&mut self) {
-        self.pool.lock().queue.remove(&self.tenant, self.id);
+        // Served waiters are gone from the queue already: no lock, no search.
+        if !self.served {
+            self.pool.lock().queue.remove(&self.tenant, self.id);
+        }
     }
 }

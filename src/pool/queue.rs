@@ -1,7 +1,7 @@
 //! The wait queue of one pool: round-robin between tenants that have waiters,
 //! FIFO within a tenant, so one tenant's burst cannot starve another tenant.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::sync::Arc;
 
 /// A queued checkout: `id` lets a waiter that gives up remove itself.
@@ -12,7 +12,7 @@ pub struct Waiter<T> {
 }
 
 pub struct FairQueue<T> {
-    by_tenant: HashMap<Arc<str>, VecDeque<Waiter<T>>>,
+    by_tenant: foldhash::HashMap<Arc<str>, VecDeque<Waiter<T>>>,
     /// Tenants with waiters, in the order they will next be served.
     order: VecDeque<Arc<str>>,
     len: usize,
@@ -21,7 +21,7 @@ pub struct FairQueue<T> {
 impl<T> Default for FairQueue<T> {
     fn default() -> Self {
         FairQueue {
-            by_tenant: HashMap::new(),
+            by_tenant: Default::default(),
             order: VecDeque::new(),
             len: 0,
         }

@@ -27,6 +27,8 @@ pub struct TenantContext {
     pub wire: Bytes,
     /// Where the first message ends in `wire`.
     first_len: usize,
+    /// `Query` of the tenant setting alone.
+    tenant_only: Bytes,
     /// Whether the second message sets a role (which the first resets).
     sets_role: bool,
     /// How many `ReadyForQuery` replies they produce (and the relay swallows).
@@ -75,10 +77,16 @@ impl TenantContext {
         build::query(&mut wire, &sql[0]);
         let first_len = wire.len();
         build::query(&mut wire, &sql[1]);
+        let mut tenant_only = BytesMut::new();
+        build::query(
+            &mut tenant_only,
+            &format!("SET {setting} TO {}", escape_literal(&tenant.id)),
+        );
         TenantContext {
             tenant: tenant.id.clone(),
             wire: wire.freeze(),
             first_len,
+            tenant_only: tenant_only.freeze(),
             sets_role: tenant.role.is_some(),
             replies: sql.len(),
             sql,
@@ -90,16 +98,20 @@ impl TenantContext {
 
 impl TenantContext {
     /// What switches a server that carries `current` to this context, and how
-    /// many `ReadyForQuery` replies it makes. The first message alone when the
-    /// second would set what the server already has: the same tier settings
-    /// and no role (tenants of one tier, the common switch). Settings a client
-    /// changed on top stay recorded on the server and are re-applied as after
-    /// a full switch.
+    /// many `ReadyForQuery` replies it makes. Between tenants of one tier
+    /// without roles (the common switch) the second message would set what the
+    /// server already has, so only the first goes; and of that only the tenant
+    /// setting when both share a `search_path` (clients cannot change it, nor
+    /// the role). Every statement costs PostgreSQL time on every switch.
+    /// Settings a client changed on top stay recorded on the server and are
+    /// re-applied as after a full switch.
     pub fn switch_from(&self, current: &TenantContext) -> (&[u8], usize) {
-        if !self.sets_role && !current.sets_role && self.sql[1] == current.sql[1] {
-            (&self.wire[..self.first_len], 1)
-        } else {
+        if self.sets_role || current.sets_role || self.sql[1] != current.sql[1] {
             (&self.wire, self.replies)
+        } else if self.namespace == current.namespace {
+            (&self.tenant_only, 1)
+        } else {
+            (&self.wire[..self.first_len], 1)
         }
     }
 }
@@ -177,9 +189,14 @@ mod tests {
         };
         let from = TenantContext::new("app.current_tenant", &other, &tier());
         let to = TenantContext::new("app.current_tenant", &tenant(None, None), &tier());
+        let mut setting = BytesMut::new();
+        build::query(&mut setting, "SET app.current_tenant TO 'acme'");
+        assert_eq!(to.switch_from(&from), (&setting[..], 1));
+        // Another search_path is set too (and RESET ROLE, which cannot fail).
+        let schema = TenantContext::new("app.current_tenant", &tenant(Some("s"), None), &tier());
         let mut first = BytesMut::new();
-        build::query(&mut first, &to.sql[0]);
-        assert_eq!(to.switch_from(&from), (&first[..], 1));
+        build::query(&mut first, &schema.sql[0]);
+        assert_eq!(schema.switch_from(&from), (&first[..], 1));
         // A role is reset by the first message and set by the second.
         let with_role = TenantContext::new("app.current_tenant", &tenant(None, Some("r")), &tier());
         assert_eq!(with_role.switch_from(&from), (&with_role.wire[..], 2));
