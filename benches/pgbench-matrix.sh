@@ -9,6 +9,7 @@
 #   CLIENTS="16 64 256" MODES="simple extended prepared" REPS=3 benches/pgbench-matrix.sh
 #   MEMORY=5000 benches/pgbench-matrix.sh                   # also RSS per idle client at 5,000
 #   INSTR=1 benches/pgbench-matrix.sh                       # also callgrind instructions per transaction
+#   HOLD=10000 benches/pgbench-matrix.sh                    # also: 16-client pgbench while 10,000 idle clients are held
 #   TENANTS=100 CLIENTS=100 benches/pgbench-matrix.sh        # clients spread over 100 tenants of one tier
 #     (one pgbench process per tenant; PgBouncer and direct run as many processes as one user)
 # Settings (ports, data directory under /tmp/pgtenant-bench) are in benches/e2e/env.sh.
@@ -94,3 +95,24 @@ if [ -n "${INSTR:-}" ]; then
   "$BENCH/pgbouncer-instr.sh" | tee -a "$OUT/instr.txt"
 fi
 echo "results in $OUT"
+
+if [ -n "${HOLD:-}" ]; then
+  # Each pooler freshly started holds HOLD logged-in idle clients while a
+  # 16-client pgbench runs through it: held connections must not stop service.
+  echo "## Served while $HOLD idle clients are held (pgbench -S -c 16, 10 s)"
+  echo "| pooler | clients held | TPS while held | RSS MiB while held |"
+  echo "|---|---|---|---|"
+  stop_all; MAX_CLIENT_CONN=$((HOLD + 100)) "$BENCH/pgbouncer-start.sh" > /dev/null; start_pgtenant
+  for t in "pgbouncer:$PGB_PORT:$PGB_DIR/pgbouncer.pid" "pgtenant:$PROXY_PORT:$PROXY_DIR/pid"; do
+    IFS=: read -r label port pidfile <<< "$t"
+    ready=$(mktemp -u)
+    (ulimit -n 20000; exec python3 "$BENCH/hold_conns.py" --port "$port" -n "$HOLD" --hold 600 --ready-file "$ready") > /dev/null 2>&1 &
+    holder=$!
+    while [ ! -s "$ready" ] && kill -0 "$holder" 2>/dev/null; do sleep 0.5; done
+    read -r _ held _ < "$ready" || held=0
+    tps=$("$PGBENCH" -h 127.0.0.1 -p "$port" -U "$BENCH_USER" -n -S -c 16 -j 2 -T 10 "$BENCH_DB" 2>&1 | awk '/^tps = /{print $3}')
+    rss=$(awk '/^VmRSS/{printf "%.0f", $2 / 1024}' "/proc/$(cat "$pidfile")/status")
+    echo "| $label | $held | ${tps:-failed} | $rss |"
+    kill -TERM "$holder"; wait "$holder" || true; rm -f "$ready"
+  done | tee "$OUT/hold.md"
+fi
