@@ -456,14 +456,9 @@ impl<S: ClientStream> Relay<S> {
         let server = lease.server();
         let wanted = Arc::clone(&self.session.context);
         let reset = server.needs_reset;
-        // What the server must run to carry `wanted`: nothing, all of it, or
-        // (coming from a tenant of the same tier) only the tenant's part.
-        let (switch, replies) = match &server.context {
-            Some(c) if !reset && (Arc::ptr_eq(c, &wanted) || *c == wanted) => (&[][..], 0),
-            Some(c) if !reset => wanted.switch_from(c),
-            _ => (&wanted.wire[..], wanted.replies),
-        };
-        let send_context = replies > 0;
+        let carried = server.context.as_deref().filter(|_| !reset);
+        let switch = wanted.switch_from(carried);
+        let send_context = switch.replies > 0;
         w.out.clear();
         if send_context {
             // Context and the client's first messages go out in one write.
@@ -473,12 +468,11 @@ impl<S: ClientStream> Relay<S> {
                 server.settings.clear();
                 w.t.own_query();
             }
-            w.out.extend_from_slice(switch);
-            for _ in 0..replies {
+            w.out.extend_from_slice(switch.wire);
+            for _ in 0..switch.replies {
                 w.t.own_query();
             }
-            if replies == wanted.replies {
-                // The tier's settings were set again, over any client's values.
+            if switch.sets_owned {
                 for (name, _) in &wanted.owned {
                     server.settings.remove(name);
                 }

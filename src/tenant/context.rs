@@ -96,22 +96,51 @@ impl TenantContext {
     }
 }
 
+/// What a server must run, ahead of the client's messages, to carry a context.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Switch<'a> {
+    /// The `Query` messages (empty: the server carries the context already).
+    pub wire: &'a [u8],
+    /// How many `ReadyForQuery` replies they make (the relay swallows them).
+    pub replies: usize,
+    /// Whether they set the tier's settings ([`TenantContext::owned`]) again,
+    /// over whatever values a client had set on the server.
+    pub sets_owned: bool,
+}
+
 impl TenantContext {
-    /// What switches a server that carries `current` to this context, and how
-    /// many `ReadyForQuery` replies it makes. Between tenants of one tier
+    /// What switches a server that carries `current` (`None`: nothing known,
+    /// as after `DISCARD ALL`) to this context. Between tenants of one tier
     /// without roles (the common switch) the second message would set what the
     /// server already has, so only the first goes; and of that only the tenant
     /// setting when both share a `search_path` (clients cannot change it, nor
     /// the role). Every statement costs PostgreSQL time on every switch.
     /// Settings a client changed on top stay recorded on the server and are
     /// re-applied as after a full switch.
-    pub fn switch_from(&self, current: &TenantContext) -> (&[u8], usize) {
-        if self.sets_role || current.sets_role || self.sql[1] != current.sql[1] {
-            (&self.wire, self.replies)
-        } else if self.namespace == current.namespace {
-            (&self.tenant_only, 1)
-        } else {
-            (&self.wire[..self.first_len], 1)
+    pub fn switch_from(&self, current: Option<&TenantContext>) -> Switch<'_> {
+        let partial = |wire| Switch {
+            wire,
+            replies: 1,
+            sets_owned: false,
+        };
+        match current {
+            Some(c) if std::ptr::eq(c, self) || c == self => Switch {
+                wire: &[],
+                replies: 0,
+                sets_owned: false,
+            },
+            Some(c) if !self.sets_role && !c.sets_role && self.sql[1] == c.sql[1] => {
+                if self.namespace == c.namespace {
+                    partial(&self.tenant_only)
+                } else {
+                    partial(&self.wire[..self.first_len])
+                }
+            }
+            _ => Switch {
+                wire: &self.wire,
+                replies: self.replies,
+                sets_owned: true,
+            },
         }
     }
 }
@@ -188,24 +217,32 @@ mod tests {
             ..tenant(None, None)
         };
         let from = TenantContext::new("app.current_tenant", &other, &tier());
+        let switch = |to: &TenantContext, from: &TenantContext| {
+            let s = to.switch_from(Some(from));
+            (s.wire.to_vec(), s.replies)
+        };
         let to = TenantContext::new("app.current_tenant", &tenant(None, None), &tier());
         let mut setting = BytesMut::new();
         build::query(&mut setting, "SET app.current_tenant TO 'acme'");
-        assert_eq!(to.switch_from(&from), (&setting[..], 1));
+        assert_eq!(switch(&to, &from), (setting.to_vec(), 1));
         // Another search_path is set too (and RESET ROLE, which cannot fail).
         let schema = TenantContext::new("app.current_tenant", &tenant(Some("s"), None), &tier());
         let mut first = BytesMut::new();
         build::query(&mut first, &schema.sql[0]);
-        assert_eq!(schema.switch_from(&from), (&first[..], 1));
+        assert_eq!(switch(&schema, &from), (first.to_vec(), 1));
         // A role is reset by the first message and set by the second.
         let with_role = TenantContext::new("app.current_tenant", &tenant(None, Some("r")), &tier());
-        assert_eq!(with_role.switch_from(&from), (&with_role.wire[..], 2));
-        assert_eq!(to.switch_from(&with_role), (&to.wire[..], 2));
+        assert_eq!(switch(&with_role, &from), (with_role.wire.to_vec(), 2));
+        assert_eq!(switch(&to, &with_role), (to.wire.to_vec(), 2));
         // Another tier's settings are set again.
         let mut slow = tier();
         slow.statement_timeout = None;
         let other_tier = TenantContext::new("app.current_tenant", &other, &slow);
-        assert_eq!(to.switch_from(&other_tier), (&to.wire[..], 2));
+        assert_eq!(switch(&to, &other_tier), (to.wire.to_vec(), 2));
+        // Nothing known (after DISCARD ALL): all of it; the same context: nothing.
+        assert_eq!(to.switch_from(None).wire, &to.wire[..]);
+        assert!(to.switch_from(None).sets_owned);
+        assert_eq!(to.switch_from(Some(&to)).replies, 0);
     }
 
     #[test]
