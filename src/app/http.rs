@@ -85,6 +85,7 @@ struct Gauges {
 
 /// Reads one gauge triple (per state) of a pool.
 type StateCounts = fn(&Gauges) -> [u32; 3];
+type PoolValue = fn(&Gauges) -> f64;
 
 /// The whole exposition: live gauges, then the counters in [`crate::metrics`].
 pub fn render(deps: &Deps) -> String {
@@ -132,27 +133,23 @@ pub fn render(deps: &Deps) -> String {
             }
         }
     }
-    let name = "pgtenant_pool_size";
-    w.family(
-        name,
-        Kind::Gauge,
-        "Most server connections the pools may open (pool_size).",
-    );
-    for ((cluster, tier), g) in &gauges {
-        w.sample(name, &[("cluster", cluster), ("tier", tier)], g.size as f64);
-    }
-    let name = "pgtenant_pool_max_wait_seconds";
-    w.family(
-        name,
-        Kind::Gauge,
-        "How long the longest-waiting transaction has waited for a server.",
-    );
-    for ((cluster, tier), g) in &gauges {
-        w.sample(
-            name,
-            &[("cluster", cluster), ("tier", tier)],
-            g.max_wait.as_secs_f64(),
-        );
+    let per_pool: [(&str, &str, PoolValue); 2] = [
+        (
+            "pgtenant_pool_size",
+            "Most server connections the pools may open (pool_size).",
+            |g| g.size as f64,
+        ),
+        (
+            "pgtenant_pool_max_wait_seconds",
+            "How long the longest-waiting transaction has waited for a server.",
+            |g| g.max_wait.as_secs_f64(),
+        ),
+    ];
+    for (name, help, get) in per_pool {
+        w.family(name, Kind::Gauge, help);
+        for ((cluster, tier), g) in &gauges {
+            w.sample(name, &[("cluster", cluster), ("tier", tier)], get(g));
+        }
     }
     let singles = [
         (
