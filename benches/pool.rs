@@ -3,9 +3,8 @@
 //! PostgreSQL connections (the pool's lock and bookkeeping are what is timed;
 //! the servers only have to exist and be alive).
 //!
-//! Needs the benchmark PostgreSQL of `benches/e2e` (`benches/e2e/pg-setup.sh`
-//! once, then `benches/e2e/pg-start.sh`), or another one named by
-//! `PGTENANT_BENCH_PG=host:port` with user, password and database `bench`.
+//! Starts a throwaway PostgreSQL of its own (as the tests do), so it needs
+//! only the PostgreSQL server binaries.
 //!
 //! Run: `cargo bench --bench pool`
 
@@ -13,6 +12,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, LazyLock};
 
 use divan::Bencher;
+use pgtenant::demo::TempPostgres;
 use pgtenant::metrics::PoolMetrics;
 use pgtenant::pool::{Pool, PoolIdentity, PoolSizes};
 
@@ -28,21 +28,27 @@ struct Bench {
     tenants: Vec<Arc<str>>,
     /// Keeps the servers' sockets registered while the benchmarks run.
     _runtime: tokio::runtime::Runtime,
+    _postgres: TempPostgres,
 }
 
 static BENCH: LazyLock<Bench> = LazyLock::new(|| {
-    let address = std::env::var("PGTENANT_BENCH_PG").unwrap_or("127.0.0.1:5440".into());
-    let (host, port) = address
-        .rsplit_once(':')
-        .expect("PGTENANT_BENCH_PG is host:port");
+    let postgres = TempPostgres::start(&[])
+        .unwrap_or_else(|e| panic!("cannot start the benchmark PostgreSQL: {e:#}"));
+    postgres
+        .psql(
+            "postgres",
+            "CREATE ROLE bench LOGIN PASSWORD 'bench'; CREATE DATABASE bench OWNER bench;",
+        )
+        .expect("creating the benchmark role and database");
+    let port = postgres.port();
     let yaml = format!(
         "listen: 127.0.0.1:0
 clusters:
-  bench: {{ host: {host}, port: {port}, database: bench, user: bench, password: bench, max_server_connections: {SERVERS} }}
+  bench: {{ host: 127.0.0.1, port: {port}, database: bench, user: bench, password: bench, max_server_connections: {SERVERS} }}
 tiers:
   bench: {{ pool_size: {SERVERS}, min_pool_size: {SERVERS} }}
 tenants:
-  # md5 of the password and user, both `bench` (benches/e2e/env.sh).
+  # md5 of the password and user, both `bench`.
   bench: {{ tier: bench, cluster: bench, users: {{ bench: {{ password: md58cd23f098e139362116d611b32b971a9 }} }} }}
 "
     );
@@ -63,13 +69,14 @@ tenants:
     assert_eq!(
         pool.stats().idle,
         SERVERS,
-        "could not open {SERVERS} servers on {address}: start the benchmark PostgreSQL \
-         (benches/e2e/pg-setup.sh, then benches/e2e/pg-start.sh) or set PGTENANT_BENCH_PG"
+        "could not open {SERVERS} servers on the benchmark PostgreSQL:\n{}",
+        postgres.log()
     );
     Bench {
         pool,
         tenants: (0..100).map(|i| Arc::from(format!("tenant{i}"))).collect(),
         _runtime: runtime,
+        _postgres: postgres,
     }
 });
 
