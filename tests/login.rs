@@ -201,6 +201,70 @@ async fn unreachable_cluster_gives_08001_naming_it() {
     assert_eq!(one(&acme, "SELECT 1").await, "1");
 }
 
+/// A cluster whose `host` is a directory is reached over PostgreSQL's
+/// Unix-domain socket there: transactions carry their tenant context, cancel
+/// requests reach the server, and a directory without a server gives 08001
+/// naming the cluster.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unix_socket_cluster_serves_tenants_and_cancels() {
+    let db = pg().database("unix");
+    let socket_dir = pg().pg.dir().display().to_string();
+    let yaml = config(&db, TIERS, &tenants("free", "free", "growth", "enterprise"))
+        .replace("    host: 127.0.0.1\n", &format!("    host: {socket_dir}\n"))
+        .replace(
+            "tiers:",
+            "  nowhere: { host: /nonexistent, database: gone, user: x, max_server_connections: 5 }\ntiers:",
+        )
+        .replace(
+            "  umbrella: { tier: free, cluster: main }",
+            "  umbrella: { tier: free, cluster: nowhere }",
+        );
+    let proxy = start(&yaml).await;
+    let client = proxy.connect("initech", &db).await;
+    assert_eq!(
+        one(&client, "SELECT current_setting('app.current_tenant')").await,
+        "initech"
+    );
+    // PostgreSQL shows no client address for a Unix-domain socket.
+    let superuser = pg().superuser(&db).await;
+    let row = superuser
+        .query_one(
+            "SELECT count(*), count(client_addr) FROM pg_stat_activity \
+             WHERE datname = current_database() AND usename = 'pgtenant_app'",
+            &[],
+        )
+        .await
+        .unwrap();
+    let (servers, over_tcp): (i64, i64) = (row.get(0), row.get(1));
+    assert!(servers >= 1, "no server connection seen");
+    assert_eq!(over_tcp, 0, "a server connection went over TCP");
+
+    let token = client.cancel_token();
+    let canceller = tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        token.cancel_query(tokio_postgres::NoTls).await.unwrap();
+    });
+    let started = Instant::now();
+    let err = client
+        .simple_query("SELECT pg_sleep(10)")
+        .await
+        .unwrap_err();
+    canceller.await.unwrap();
+    assert_eq!(code(&err), "57014");
+    assert!(started.elapsed() < Duration::from_secs(5));
+    assert_eq!(one(&client, "SELECT 1").await, "1");
+
+    let err = proxy
+        .try_connect("app.umbrella", APP_PASSWORD, "gone")
+        .await
+        .expect_err("no server in /nonexistent");
+    assert_eq!(code(&err), "08001");
+    assert!(
+        err.as_db_error().unwrap().message().contains("\"nowhere\""),
+        "{err}"
+    );
+}
+
 /// With require_rls_enforced, a backend role that bypasses RLS stops the proxy
 /// from starting; without it the proxy starts (and warns).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

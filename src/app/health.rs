@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use tokio::net::TcpStream;
+use crate::server;
 
 use crate::session::Deps;
 
@@ -42,10 +42,8 @@ pub async fn probe(deps: Arc<Deps>, health: Arc<Health>) {
         let runtime = deps.runtime.load_full();
         let mut found = BTreeMap::new();
         for cluster in runtime.config.clusters.values() {
-            let addr = (cluster.host.as_str(), cluster.port);
             let outcome =
-                match tokio::time::timeout(cluster.connect_timeout, TcpStream::connect(addr)).await
-                {
+                match tokio::time::timeout(cluster.connect_timeout, server::open(cluster)).await {
                     Ok(Ok(_)) => None,
                     Ok(Err(e)) => Some(e.to_string()),
                     Err(_) => Some(format!("no answer within {:?}", cluster.connect_timeout)),

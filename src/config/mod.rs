@@ -135,6 +135,14 @@ pub struct Cluster {
 }
 
 impl Cluster {
+    /// The Unix-domain socket of the cluster when `host` is a directory
+    /// (starts with `/`, as in libpq): `<host>/.s.PGSQL.<port>`.
+    pub fn socket_path(&self) -> Option<std::path::PathBuf> {
+        self.host
+            .starts_with('/')
+            .then(|| Path::new(&self.host).join(format!(".s.PGSQL.{}", self.port)))
+    }
+
     /// Whether servers opened for `self` are as good as ones opened for `other`:
     /// same address, database, role, password and TLS. Timeouts and limits may differ.
     pub fn same_servers(&self, other: &Cluster) -> bool {

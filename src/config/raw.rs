@@ -254,9 +254,10 @@ pub struct RawUser {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawCluster {
-    /// Host name or address of PostgreSQL; `${ENV_VAR}` is expanded.
+    /// Host name or address of PostgreSQL, or (starting with `/`, as in libpq)
+    /// the directory of its Unix-domain socket; `${ENV_VAR}` is expanded.
     pub host: Spanned<String>,
-    /// TCP port of PostgreSQL.
+    /// TCP port of PostgreSQL (also names its Unix-domain socket file).
     #[serde(default = "default_port")]
     pub port: u16,
     /// Database on that server; clients must ask for the same name.

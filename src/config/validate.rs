@@ -13,7 +13,7 @@ use super::{
     AdminUser, Cluster, Config, ConfigError, ConfigErrors, Limits, MetricsConfig, Secret,
     SharedUser, Tenant, TenantUser, Tier,
 };
-use crate::tls::{ClientTls, ClientTlsMode, ServerTls};
+use crate::tls::{ClientTls, ClientTlsMode, ServerTls, ServerTlsMode};
 
 struct Errors(Vec<ConfigError>);
 
@@ -299,6 +299,19 @@ fn server_tls(errs: &mut Errors, path: &str, host: &str, raw: &RawServerTls) -> 
     let Some(mode) = &raw.mode else {
         return ServerTls::disabled();
     };
+    // PostgreSQL answers no to TLS on its Unix-domain socket; the traffic
+    // stays on this host.
+    if host.starts_with('/')
+        && !matches!(mode.value, ServerTlsMode::Disable | ServerTlsMode::Prefer)
+    {
+        errs.at(
+            format!("{path}.tls.mode"),
+            mode.referenced,
+            "cannot hold on a Unix-domain socket (host starts with /), where PostgreSQL \
+             offers no TLS: use disable, or a TCP host",
+        );
+        return ServerTls::disabled();
+    }
     let name = raw.server_name.as_ref().map_or(host, |n| n.value.as_str());
     let ca_file = raw.ca_file.as_ref().map(|f| Path::new(&f.value));
     ServerTls::new(mode.value, name, ca_file).unwrap_or_else(|e| {
@@ -571,6 +584,12 @@ tenants:
                 8,
             ),
             ("acme: {", "a.b: {", "tenants.a.b", 8),
+            (
+                "host: h,",
+                "host: /run/postgresql, tls: { mode: require },",
+                "clusters.main.tls.mode",
+                3,
+            ),
         ];
         for (from, to, path, line) in cases {
             let text = BASE.replace(from, to);

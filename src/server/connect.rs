@@ -7,9 +7,9 @@ use postgres_protocol::authentication::sasl::{ChannelBinding, SCRAM_SHA_256, Scr
 use postgres_protocol::message::backend::{ErrorResponseBody, Message};
 use postgres_protocol::message::frontend;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
+use tokio::net::{TcpStream, UnixStream};
 
-use super::{CancelTarget, Server, ServerError, ServerStream};
+use super::{CancelTarget, Server, ServerAddr, ServerError, ServerStream};
 use crate::config::Cluster;
 use crate::protocol::build;
 
@@ -21,17 +21,37 @@ pub async fn connect(cluster: &Cluster) -> Result<Server, ServerError> {
         .map_err(|_| ServerError::Timeout(cluster.connect_timeout))?
 }
 
-async fn connect_inner(cluster: &Cluster) -> Result<Server, ServerError> {
+/// A socket to the cluster, TLS not yet negotiated. Also the health probe's
+/// reachability check.
+pub async fn open(cluster: &Cluster) -> Result<(Socket, ServerAddr), ServerError> {
+    let failed = |addr: String| move |source| ServerError::Connect { addr, source };
+    if let Some(path) = cluster.socket_path() {
+        let socket = UnixStream::connect(&path)
+            .await
+            .map_err(failed(path.display().to_string()))?;
+        return Ok((Socket::Unix(socket), ServerAddr::Unix(path.into())));
+    }
     let addr = format!("{}:{}", cluster.host, cluster.port);
-    let stream = TcpStream::connect(&addr)
-        .await
-        .map_err(|source| ServerError::Connect {
-            addr: addr.clone(),
-            source,
-        })?;
-    stream.set_nodelay(true)?;
-    let peer = stream.peer_addr()?;
-    let mut stream = negotiate_tls(stream, cluster).await?;
+    let socket = TcpStream::connect(&addr).await.map_err(failed(addr))?;
+    socket.set_nodelay(true)?;
+    let peer = socket.peer_addr()?;
+    Ok((Socket::Tcp(socket), ServerAddr::Tcp(peer)))
+}
+
+/// A freshly opened socket to a cluster.
+pub enum Socket {
+    Tcp(TcpStream),
+    Unix(UnixStream),
+}
+
+async fn connect_inner(cluster: &Cluster) -> Result<Server, ServerError> {
+    let (socket, peer) = open(cluster).await?;
+    let mut stream = match socket {
+        Socket::Tcp(tcp) => negotiate_tls(tcp, cluster).await?,
+        // As libpq: no TLS on a Unix-domain socket (config allows only
+        // `disable` and `prefer` there).
+        Socket::Unix(unix) => ServerStream::Unix(unix),
+    };
 
     let mut out = BytesMut::new();
     let params = [

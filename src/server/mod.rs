@@ -8,16 +8,15 @@ mod query;
 mod stream;
 
 use std::net::SocketAddr;
+use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
-use tokio::io::Interest;
-
 use crate::prepared::ServerStatements;
 use crate::tenant::context::TenantContext;
 
-pub use connect::connect;
+pub use connect::{Socket, connect, open};
 pub use stream::ServerStream;
 
 #[derive(Debug, thiserror::Error)]
@@ -43,10 +42,17 @@ pub enum ServerError {
     Io(#[from] std::io::Error),
 }
 
+/// Where a server was reached: a TCP peer or a Unix-domain socket path.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ServerAddr {
+    Tcp(SocketAddr),
+    Unix(Arc<Path>),
+}
+
 /// Where and how to cancel whatever a server is running.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CancelTarget {
-    pub addr: SocketAddr,
+    pub addr: ServerAddr,
     pub process_id: i32,
     pub secret: i32,
 }
@@ -88,20 +94,8 @@ impl Server {
         }
     }
 
-    /// Whether an idle server still looks usable. An idle server must not have
-    /// anything to read: a pending byte is a FATAL (terminated backend) and a
-    /// zero-byte read is EOF. Checking costs a syscall only when tokio already saw
-    /// the socket become readable.
+    /// Whether an idle server still looks usable (see [`ServerStream::quiet`]).
     pub fn looks_alive(&self) -> bool {
-        let tcp = self.stream.tcp();
-        let readable = match tcp.try_io(Interest::READABLE, || Ok(())) {
-            Ok(()) => true,
-            Err(e) => e.kind() != std::io::ErrorKind::WouldBlock,
-        };
-        if !readable {
-            return true;
-        }
-        let mut probe = [0u8; 1];
-        matches!(tcp.try_read(&mut probe), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock)
+        self.stream.quiet()
     }
 }

@@ -1,25 +1,52 @@
-//! A server connection's socket: plain TCP or TLS over it. Dispatch is one match
-//! per poll; a plain connection pays nothing else.
+//! A server connection's socket: plain TCP, TLS over TCP, or a Unix-domain
+//! socket. Dispatch is one match per poll; a plain connection pays nothing else.
 
 use std::io;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
-use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
-use tokio::net::TcpStream;
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, Interest, ReadBuf};
+use tokio::net::{TcpStream, UnixStream};
 use tokio_rustls::client::TlsStream;
 
 pub enum ServerStream {
     Plain(TcpStream),
     Tls(Box<TlsStream<TcpStream>>),
+    Unix(UnixStream),
+}
+
+/// Dispatches one expression over the three kinds of socket.
+macro_rules! each {
+    ($stream:expr, $s:ident => $e:expr) => {
+        match $stream {
+            ServerStream::Plain($s) => $e,
+            ServerStream::Tls($s) => $e,
+            ServerStream::Unix($s) => $e,
+        }
+    };
 }
 
 impl ServerStream {
-    /// The TCP socket underneath, for readiness checks on idle servers.
-    pub fn tcp(&self) -> &TcpStream {
+    /// Whether the socket has nothing to read and is not closed, as an idle
+    /// server's must be: a pending byte is a FATAL (terminated backend) and a
+    /// zero-byte read is EOF. Costs a syscall only when tokio already saw the
+    /// socket become readable.
+    pub fn quiet(&self) -> bool {
+        fn quiet(ready: io::Result<()>, read: impl FnOnce(&mut [u8]) -> io::Result<usize>) -> bool {
+            let would_block = |e: &io::Error| e.kind() == io::ErrorKind::WouldBlock;
+            match ready {
+                Err(e) if would_block(&e) => true,
+                _ => matches!(read(&mut [0u8; 1]), Err(e) if would_block(&e)),
+            }
+        }
+        let probe = || Ok(());
         match self {
-            ServerStream::Plain(s) => s,
-            ServerStream::Tls(s) => s.get_ref().0,
+            ServerStream::Plain(s) => quiet(s.try_io(Interest::READABLE, probe), |b| s.try_read(b)),
+            ServerStream::Tls(s) => {
+                let s = s.get_ref().0;
+                quiet(s.try_io(Interest::READABLE, probe), |b| s.try_read(b))
+            }
+            ServerStream::Unix(s) => quiet(s.try_io(Interest::READABLE, probe), |b| s.try_read(b)),
         }
     }
 
@@ -37,10 +64,7 @@ impl AsyncRead for ServerStream {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            ServerStream::Plain(s) => Pin::new(s).poll_read(cx, buf),
-            ServerStream::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
-        }
+        each!(self.get_mut(), s => Pin::new(s).poll_read(cx, buf))
     }
 }
 
@@ -50,23 +74,14 @@ impl AsyncWrite for ServerStream {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        match self.get_mut() {
-            ServerStream::Plain(s) => Pin::new(s).poll_write(cx, buf),
-            ServerStream::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
-        }
+        each!(self.get_mut(), s => Pin::new(s).poll_write(cx, buf))
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            ServerStream::Plain(s) => Pin::new(s).poll_flush(cx),
-            ServerStream::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
-        }
+        each!(self.get_mut(), s => Pin::new(s).poll_flush(cx))
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            ServerStream::Plain(s) => Pin::new(s).poll_shutdown(cx),
-            ServerStream::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
-        }
+        each!(self.get_mut(), s => Pin::new(s).poll_shutdown(cx))
     }
 }

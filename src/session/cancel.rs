@@ -7,11 +7,11 @@ use std::sync::{Arc, Mutex};
 use bytes::BytesMut;
 use dashmap::DashMap;
 use subtle::ConstantTimeEq;
-use tokio::io::AsyncWriteExt;
-use tokio::net::TcpStream;
+use tokio::io::{AsyncWrite, AsyncWriteExt};
+use tokio::net::{TcpStream, UnixStream};
 
 use crate::protocol::build;
-use crate::server::CancelTarget;
+use crate::server::{CancelTarget, ServerAddr};
 
 /// The longest secret issued (protocol 3.2 clients get 32 bytes, 3.0 clients 4).
 const MAX_SECRET: usize = 32;
@@ -39,7 +39,10 @@ impl CancelSlot {
     }
 
     fn target(&self) -> Option<CancelTarget> {
-        *self.target.lock().unwrap_or_else(|p| p.into_inner())
+        self.target
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 }
 
@@ -101,11 +104,16 @@ impl CancelRegistry {
 }
 
 async fn forward(target: CancelTarget) -> std::io::Result<()> {
-    let mut stream = TcpStream::connect(target.addr).await?;
     let mut buf = BytesMut::new();
     build::cancel_request(&mut buf, target.process_id, target.secret);
-    stream.write_all(&buf).await?;
-    stream.shutdown().await
+    async fn send(mut stream: impl AsyncWrite + Unpin, buf: &[u8]) -> std::io::Result<()> {
+        stream.write_all(buf).await?;
+        stream.shutdown().await
+    }
+    match &target.addr {
+        ServerAddr::Tcp(addr) => send(TcpStream::connect(addr).await?, &buf).await,
+        ServerAddr::Unix(path) => send(UnixStream::connect(path).await?, &buf).await,
+    }
 }
 
 pub struct CancelGuard {
@@ -129,7 +137,7 @@ mod tests {
     async fn only_the_exact_key_of_an_attached_client_is_forwarded() {
         let server = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let target = CancelTarget {
-            addr: server.local_addr().unwrap(),
+            addr: ServerAddr::Tcp(server.local_addr().unwrap()),
             process_id: 77,
             secret: 0x0102_0304,
         };
@@ -139,7 +147,7 @@ mod tests {
             let (pid, secret) = (guard.slot.process_id, guard.slot.secret().to_vec());
             assert_eq!(secret.len(), len);
             assert!(!registry.cancel(pid, &secret).await, "idle client");
-            guard.slot.attach(target);
+            guard.slot.attach(target.clone());
             let mut wrong = secret.clone();
             wrong[len - 1] ^= 1;
             assert!(!registry.cancel(pid, &wrong).await, "wrong secret");

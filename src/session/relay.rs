@@ -496,7 +496,7 @@ impl<S: ClientStream> Relay<S> {
         if apply.is_some() {
             server.settings.clone_from(&self.settings);
         }
-        self.cancel.slot.attach(server.cancel);
+        self.cancel.slot.attach(server.cancel.clone());
         let result = self.relay(&mut lease, w).await;
         self.cancel.slot.detach();
         result?;
