@@ -12,6 +12,8 @@
 #   HOLD=10000 benches/pgbench-matrix.sh                    # also: 16-client pgbench while 10,000 idle clients are held
 #   TENANTS=100 CLIENTS=100 benches/pgbench-matrix.sh        # clients spread over 100 tenants of one tier
 #     (one pgbench process per tenant; PgBouncer and direct run as many processes as one user)
+#   SERVER_SOCKET=unix benches/pgbench-matrix.sh            # both poolers reach PostgreSQL over its
+#     Unix-domain socket instead of TCP 127.0.0.1 (clients still use TCP); direct stays on TCP
 # Settings (ports, data directory under /tmp/pgtenant-bench) are in benches/e2e/env.sh.
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
@@ -20,6 +22,12 @@ source "$BENCH/env.sh"
 PROXY_DIR=$ANCHORS/pgtenant
 PROXY_PORT=${PROXY_PORT:-7440}
 WORKERS=${WORKERS:-0}
+# Where the poolers reach PostgreSQL: TCP, or its socket directory.
+case ${SERVER_SOCKET:-tcp} in
+  tcp) export SERVER_HOST=127.0.0.1 ;;
+  unix) export SERVER_HOST=$PGDATA ;;
+  *) echo "SERVER_SOCKET is tcp or unix" >&2; exit 2 ;;
+esac
 BIN=$ROOT/target/release/pgtenant
 
 cargo build --release --quiet --manifest-path "$ROOT/Cargo.toml"
@@ -33,7 +41,7 @@ listen: 127.0.0.1:$PROXY_PORT
 workers: $WORKERS
 limits: { max_client_connections: 20000 }
 clusters:
-  bench: { host: 127.0.0.1, port: $PG_PORT, database: $BENCH_DB, user: $BENCH_USER, password: "$BENCH_PASS", max_server_connections: 50 }
+  bench: { host: $SERVER_HOST, port: $PG_PORT, database: $BENCH_DB, user: $BENCH_USER, password: "$BENCH_PASS", max_server_connections: 50 }
 tiers:
   bench: { pool_size: 20, queue_timeout: 60s, max_client_connections: 20000 }
 tenants:

@@ -86,7 +86,7 @@ fn checkout_release_one_tenant(b: Bencher) {
     let bench = &*BENCH;
     let tenant = &bench.tenants[0];
     b.bench(|| {
-        if let Some(lease) = bench.pool.checkout_idle(tenant) {
+        if let Ok(lease) = bench.pool.checkout_now(tenant) {
             lease.release();
         }
     });
@@ -103,7 +103,7 @@ fn checkout_release_many_tenants(b: Bencher) {
     }
     b.bench(|| {
         let tenant = &bench.tenants[SLOT.with(|i| *i) % bench.tenants.len()];
-        if let Some(lease) = bench.pool.checkout_idle(tenant) {
+        if let Ok(lease) = bench.pool.checkout_now(tenant) {
             lease.release();
         }
     });

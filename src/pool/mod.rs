@@ -280,38 +280,21 @@ impl Pool {
         tenant: &Arc<str>,
         deadline: Instant,
     ) -> Result<Lease, CheckoutError> {
-        let mut lease = match self.try_lease(tenant) {
-            Ok(lease) => lease,
-            Err(wait) => wait.until(deadline).await?,
-        };
-        while let Some(server) = lease.server.take() {
-            if server.looks_alive() {
-                lease.server = Some(server);
-                return Ok(lease);
-            }
-            tracing::info!(server = server.id, pool = %self.identity.label, "idle server died; replacing it");
-            // Another idle server can take the dead one's place in this lease,
-            // or we connect anew.
-            lease.server = self.lock().idle.pop();
+        match self.checkout_now(tenant) {
+            Ok(lease) => Ok(lease),
+            Err(pending) => pending.finish(deadline).await,
         }
-        lease.server = Some(self.connect().await?);
-        Ok(lease)
     }
 
-    /// An idle server for `tenant` at once, without waiting or connecting:
-    /// the common checkout, kept synchronous so it costs no future. `None`:
-    /// wait with [`Pool::checkout`].
-    pub fn checkout_idle(self: &Arc<Self>, tenant: &Arc<str>) -> Option<Lease> {
-        let server = {
-            let mut inner = self.lock();
-            if inner.idle.is_empty() {
-                return None;
-            }
-            self.grant(&mut inner, tenant)?
-        };
-        let lease = Lease::new(self, Arc::clone(tenant), server);
-        // A dead server is closed by dropping its lease, which frees its place.
-        lease.server.as_ref()?.looks_alive().then_some(lease)
+    /// An idle, live server for `tenant` at once, in one lock: the common
+    /// checkout, kept synchronous so it costs no future. Otherwise what is
+    /// left to do (wait for capacity, open a server) as a [`Pending`].
+    pub fn checkout_now(self: &Arc<Self>, tenant: &Arc<str>) -> Result<Lease, Pending> {
+        match self.try_lease(tenant) {
+            Ok(lease) if lease.server.as_ref().is_some_and(|s| s.looks_alive()) => Ok(lease),
+            Ok(lease) => Err(Pending::NoServer(lease)),
+            Err(wait) => Err(Pending::Queued(wait)),
+        }
     }
 
     /// Grants capacity now, or queues the caller.
@@ -513,8 +496,40 @@ impl Drop for Connecting<'_> {
     }
 }
 
+/// A checkout that could not complete at once: queued for capacity, or
+/// holding capacity without a usable server yet (one to open, or a dead idle
+/// one to replace). Dropping it gives back whatever it holds.
+pub enum Pending {
+    Queued(Wait),
+    NoServer(Lease),
+}
+
+impl Pending {
+    /// Waits until `deadline` for capacity, then makes sure the lease holds
+    /// a live server.
+    pub async fn finish(self, deadline: Instant) -> Result<Lease, CheckoutError> {
+        let mut lease = match self {
+            Pending::Queued(wait) => wait.until(deadline).await?,
+            Pending::NoServer(lease) => lease,
+        };
+        let pool = Arc::clone(&lease.pool);
+        while let Some(server) = lease.server.take() {
+            if server.looks_alive() {
+                lease.server = Some(server);
+                return Ok(lease);
+            }
+            tracing::info!(server = server.id, pool = %pool.identity.label, "idle server died; replacing it");
+            // Another idle server can take the dead one's place in this lease,
+            // or we connect anew.
+            lease.server = pool.lock().idle.pop();
+        }
+        lease.server = Some(pool.connect().await?);
+        Ok(lease)
+    }
+}
+
 /// A queued checkout. Dropping it unserved (timeout, client gone) removes the waiter.
-struct Wait {
+pub struct Wait {
     pool: Arc<Pool>,
     tenant: Arc<str>,
     id: u64,

@@ -22,7 +22,7 @@ use super::spares::{self, Work};
 use super::tracker::{Action, Statements, error_code};
 use crate::config::Limits;
 use crate::error::ClientError;
-use crate::pool::{CheckoutError, Lease};
+use crate::pool::{CheckoutError, Lease, Pending};
 use crate::prepared::ClientStatements;
 use crate::protocol::frame::{FrameError, Frames};
 use crate::protocol::{TxStatus, build};
@@ -331,9 +331,9 @@ impl<S: ClientStream> Relay<S> {
         // connecting, a big state no transaction should carry).
         // The end of a wait is the start of the transaction (no wait: no
         // second clock read).
-        let (checkout, began) = match self.session.pool.checkout_idle(&self.session.tenant_key) {
-            Some(lease) => (Ok(lease), started),
-            None => match Box::pin(self.checkout(started)).await? {
+        let (checkout, began) = match self.session.pool.checkout_now(&self.session.tenant_key) {
+            Ok(lease) => (Ok(lease), started),
+            Err(pending) => match Box::pin(self.checkout(pending, started)).await? {
                 Some(checkout) => (checkout, Instant::now()),
                 None => return Ok(false),
             },
@@ -379,12 +379,10 @@ impl<S: ClientStream> Relay<S> {
     /// queue timeout. Read-ahead stops at [`READ_AHEAD_LIMIT`] bytes.
     async fn checkout(
         &mut self,
+        pending: Pending,
         started: Instant,
     ) -> Result<Option<Result<Lease, CheckoutError>>, RelayError> {
-        let checkout = self.session.pool.checkout(
-            &self.session.tenant_key,
-            started + self.session.tier.queue_timeout,
-        );
+        let checkout = pending.finish(started + self.session.tier.queue_timeout);
         tokio::pin!(checkout);
         loop {
             tokio::select! {
