@@ -239,20 +239,7 @@ async fn unix_socket_cluster_serves_tenants_and_cancels() {
     assert!(servers >= 1, "no server connection seen");
     assert_eq!(over_tcp, 0, "a server connection went over TCP");
 
-    let token = client.cancel_token();
-    let canceller = tokio::spawn(async move {
-        tokio::time::sleep(Duration::from_millis(300)).await;
-        token.cancel_query(tokio_postgres::NoTls).await.unwrap();
-    });
-    let started = Instant::now();
-    let err = client
-        .simple_query("SELECT pg_sleep(10)")
-        .await
-        .unwrap_err();
-    canceller.await.unwrap();
-    assert_eq!(code(&err), "57014");
-    assert!(started.elapsed() < Duration::from_secs(5));
-    assert_eq!(one(&client, "SELECT 1").await, "1");
+    common::cancel_a_running_query(&client).await;
 
     let err = proxy
         .try_connect("app.umbrella", APP_PASSWORD, "gone")

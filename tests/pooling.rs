@@ -257,20 +257,7 @@ async fn cancel_request_reaches_the_running_query() {
     ))
     .await;
     let client = proxy.connect("initech", &db).await;
-    let token = client.cancel_token();
-    let started = Instant::now();
-    let canceller = tokio::spawn(async move {
-        tokio::time::sleep(Duration::from_millis(300)).await;
-        token.cancel_query(tokio_postgres::NoTls).await.unwrap();
-    });
-    let err = client
-        .simple_query("SELECT pg_sleep(10)")
-        .await
-        .unwrap_err();
-    canceller.await.unwrap();
-    assert_eq!(code(&err), "57014");
-    assert!(started.elapsed() < Duration::from_secs(5));
-    assert_eq!(one(&client, "SELECT 1").await, "1");
+    common::cancel_a_running_query(&client).await;
 }
 
 /// Settings a client SETs follow that client and never reach the next client

@@ -672,3 +672,23 @@ pub async fn exchange(stream: &mut tokio::net::TcpStream, out: &[u8], ready: usi
         .unwrap_or_else(|_| panic!("no reply in time; replies so far: {replies:?}"));
     replies
 }
+
+/// Cancels `SELECT pg_sleep(10)` on `client` through its cancel key after
+/// 300 ms: the query ends with 57014 well before it would, and the session
+/// goes on.
+pub async fn cancel_a_running_query(client: &Client) {
+    let token = client.cancel_token();
+    let started = std::time::Instant::now();
+    let canceller = tokio::spawn(async move {
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+        token.cancel_query(NoTls).await.unwrap();
+    });
+    let err = client
+        .simple_query("SELECT pg_sleep(10)")
+        .await
+        .unwrap_err();
+    canceller.await.unwrap();
+    assert_eq!(code(&err), "57014");
+    assert!(started.elapsed() < std::time::Duration::from_secs(5));
+    assert_eq!(one(client, "SELECT 1").await, "1");
+}
