@@ -7,7 +7,6 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use crate::server;
-
 use crate::session::Deps;
 
 #[derive(Default)]

@@ -307,8 +307,8 @@ fn server_tls(errs: &mut Errors, path: &str, host: &str, raw: &RawServerTls) -> 
         errs.at(
             format!("{path}.tls.mode"),
             mode.referenced,
-            "cannot hold on a Unix-domain socket (host starts with /), where PostgreSQL \
-             offers no TLS: use disable, or a TCP host",
+            "needs TLS, which PostgreSQL does not offer on a Unix-domain socket (host \
+             starts with /): use disable or prefer, or a TCP host",
         );
         return ServerTls::disabled();
     }
