@@ -202,15 +202,20 @@ async fn unreachable_cluster_gives_08001_naming_it() {
 }
 
 /// A cluster whose `host` is a directory is reached over PostgreSQL's
-/// Unix-domain socket there: transactions carry their tenant context, cancel
-/// requests reach the server, and a directory without a server gives 08001
-/// naming the cluster.
+/// Unix-domain socket there (`tls: prefer` connects plain, as libpq):
+/// transactions carry their tenant context, cancel requests reach the server,
+/// an idle server terminated on the socket is noticed and replaced, and a
+/// directory without a server gives 08001 naming the cluster.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unix_socket_cluster_serves_tenants_and_cancels() {
     let db = pg().database("unix");
     let socket_dir = pg().pg.dir().display().to_string();
     let yaml = config(&db, TIERS, &tenants("free", "free", "growth", "enterprise"))
         .replace("    host: 127.0.0.1\n", &format!("    host: {socket_dir}\n"))
+        .replace(
+            "    max_server_connections: 50\n",
+            "    max_server_connections: 50\n    tls: { mode: prefer }\n",
+        )
         .replace(
             "tiers:",
             "  nowhere: { host: /nonexistent, database: gone, user: x, max_server_connections: 5 }\ntiers:",
@@ -240,6 +245,23 @@ async fn unix_socket_cluster_serves_tenants_and_cancels() {
     assert_eq!(over_tcp, 0, "a server connection went over TCP");
 
     common::cancel_a_running_query(&client).await;
+
+    // Servers terminated while idle: the next transaction gets a new one.
+    superuser
+        .execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+             WHERE datname = current_database() AND usename = 'pgtenant_app'",
+            &[],
+        )
+        .await
+        .unwrap();
+    while common::server_connections(&superuser).await > 0 {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(
+        one(&client, "SELECT current_setting('app.current_tenant')").await,
+        "initech"
+    );
 
     let err = proxy
         .try_connect("app.umbrella", APP_PASSWORD, "gone")

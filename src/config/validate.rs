@@ -299,17 +299,18 @@ fn server_tls(errs: &mut Errors, path: &str, host: &str, raw: &RawServerTls) -> 
     let Some(mode) = &raw.mode else {
         return ServerTls::disabled();
     };
-    // PostgreSQL answers no to TLS on its Unix-domain socket; the traffic
-    // stays on this host.
-    if host.starts_with('/')
-        && !matches!(mode.value, ServerTlsMode::Disable | ServerTlsMode::Prefer)
-    {
-        errs.at(
-            format!("{path}.tls.mode"),
-            mode.referenced,
-            "needs TLS, which PostgreSQL does not offer on a Unix-domain socket (host \
-             starts with /): use disable or prefer, or a TCP host",
-        );
+    // PostgreSQL offers no TLS on its Unix-domain socket (the traffic stays
+    // on this host): `prefer` connects plain, as libpq does, and a mode that
+    // needs TLS is refused.
+    if host.starts_with('/') {
+        if !matches!(mode.value, ServerTlsMode::Disable | ServerTlsMode::Prefer) {
+            errs.at(
+                format!("{path}.tls.mode"),
+                mode.referenced,
+                "needs TLS, which PostgreSQL does not offer on a Unix-domain socket (host \
+                 starts with /): use disable or prefer, or a TCP host",
+            );
+        }
         return ServerTls::disabled();
     }
     let name = raw.server_name.as_ref().map_or(host, |n| n.value.as_str());

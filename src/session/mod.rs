@@ -184,13 +184,13 @@ pub async fn refuse_full(mut tcp: TcpStream, limit: u32) {
 /// Open client connections per tenant, for `max_client_connections`.
 #[derive(Default)]
 pub struct ClientCounts {
-    counts: Mutex<HashMap<String, u32>>,
+    counts: Mutex<HashMap<Arc<str>, u32>>,
 }
 
 impl ClientCounts {
     pub fn acquire(self: &Arc<Self>, tenant: &Arc<str>, limit: u32) -> Option<ClientSlot> {
         let mut counts = self.counts.lock().unwrap_or_else(|p| p.into_inner());
-        let count = counts.entry(tenant.to_string()).or_default();
+        let count = counts.entry(Arc::clone(tenant)).or_default();
         if *count >= limit {
             return None;
         }
