@@ -480,15 +480,11 @@ async fn reload_with_new_cluster_servers_moves_clients_to_a_new_pool() {
     drop(sticky);
     // The old free pool is dropped with its idle server once acme moved on.
     let superuser = pg().superuser(&db).await;
-    let mut old = i64::MAX;
-    for _ in 0..100 {
-        old = server_connections(&superuser).await;
-        if old == 0 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    assert_eq!(old, 0, "servers of the old pools are closed");
+    assert_eq!(
+        servers_gone(&superuser).await,
+        0,
+        "servers of the old pools are closed"
+    );
 }
 
 /// The RLS role check runs on reload too: a tenant role that does not exist

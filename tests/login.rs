@@ -255,9 +255,11 @@ async fn unix_socket_cluster_serves_tenants_and_cancels() {
         )
         .await
         .unwrap();
-    while common::server_connections(&superuser).await > 0 {
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    assert_eq!(
+        common::servers_gone(&superuser).await,
+        0,
+        "terminated servers are gone"
+    );
     assert_eq!(
         one(&client, "SELECT current_setting('app.current_tenant')").await,
         "initech"

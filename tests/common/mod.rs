@@ -150,6 +150,20 @@ pub async fn server_connections(superuser: &Client) -> i64 {
         .get(0)
 }
 
+/// Waits (up to 5 s) until the proxy holds no server connection to the
+/// superuser's database; returns how many are left.
+pub async fn servers_gone(superuser: &Client) -> i64 {
+    let mut left = i64::MAX;
+    for _ in 0..100 {
+        left = server_connections(superuser).await;
+        if left == 0 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    left
+}
+
 pub struct Proxy {
     pub port: u16,
     pub deps: std::sync::Arc<pgtenant::session::Deps>,
