@@ -11,7 +11,7 @@
 //! 3. [`app`] wires listeners, maintenance and signals; [`demo`] runs the whole
 //!    thing on a throwaway PostgreSQL.
 //!
-//! Layers, bottom to top: `protocol`, `error`, `tls` → `config` → `auth`, `tenant`,
+//! Layers, bottom to top: `protocol`, `error`, `tls`, `workers` → `config` → `auth`, `tenant`,
 //! `prepared`, `server` → `pool` → `session` → `app`, `demo`. A module only uses modules
 //! below it. Errors reach clients only through [`error::ClientError`].
 
@@ -31,3 +31,4 @@ pub mod server;
 pub mod session;
 pub mod tenant;
 pub mod tls;
+pub mod workers;

@@ -68,7 +68,7 @@ fn main() -> ExitCode {
             metrics_listen,
         } => {
             init_logging(LogFormat::Text);
-            runtime(0).and_then(|rt| rt.block_on(pgtenant::demo::run(&listen, &metrics_listen)))
+            runtime().and_then(|rt| rt.block_on(pgtenant::demo::run(&listen, &metrics_listen)))
         }
     };
     match result {
@@ -80,10 +80,9 @@ fn main() -> ExitCode {
     }
 }
 
-/// `workers: 1` runs everything on one thread (tokio's current-thread
-/// scheduler: no work stealing, no cross-thread wake-ups); otherwise a
-/// multi-threaded runtime with `workers` threads, 0 meaning one per core.
-fn runtime(workers: u16) -> anyhow::Result<tokio::runtime::Runtime> {
+/// The control thread's runtime (accepting, maintenance, reloads, HTTP);
+/// client sessions run on the proxy's worker threads ([`pgtenant::workers`]).
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
     // glibc gives each thread its own heap arena by default; one arena keeps
     // an idle client's few small allocations packed (measured: about 0.1 KiB
     // less resident memory per idle client). The hot path allocates through
@@ -93,14 +92,9 @@ fn runtime(workers: u16) -> anyhow::Result<tokio::runtime::Runtime> {
     unsafe {
         libc::mallopt(libc::M_ARENA_MAX, 1);
     }
-    let mut builder = match workers {
-        1 => tokio::runtime::Builder::new_current_thread(),
-        _ => tokio::runtime::Builder::new_multi_thread(),
-    };
-    if workers > 1 {
-        builder.worker_threads(workers.into());
-    }
-    Ok(builder.enable_all().build()?)
+    Ok(tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?)
 }
 
 fn check(path: &std::path::Path) -> ExitCode {
@@ -141,7 +135,7 @@ fn run(path: &std::path::Path) -> anyhow::Result<()> {
     let config =
         pgtenant::config::load(path).map_err(|e| anyhow::anyhow!("invalid configuration:\n{e}"))?;
     init_logging(config.log_format);
-    runtime(config.workers)?.block_on(async {
+    runtime()?.block_on(async {
         let proxy = pgtenant::app::Proxy::bind(config, Some(path.to_owned())).await?;
         proxy.run(pgtenant::app::shutdown_signal()).await
     })

@@ -16,7 +16,6 @@ use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
 use rustls::{CertificateError, DigitallySignedStruct, RootCertStore, SignatureScheme};
 use sha2::{Digest, Sha256, Sha384, Sha512};
-use tokio::net::TcpStream;
 
 /// The ALPN protocol PostgreSQL 17 requires on direct TLS connections.
 pub const ALPN: &[u8] = b"postgresql";
@@ -322,15 +321,15 @@ impl ServerTls {
     }
 
     /// Runs the handshake on a socket whose SSLRequest was answered `S`.
-    pub async fn connect(
-        &self,
-        tcp: TcpStream,
-    ) -> std::io::Result<tokio_rustls::client::TlsStream<TcpStream>> {
+    pub async fn connect<S>(&self, socket: S) -> std::io::Result<tokio_rustls::client::TlsStream<S>>
+    where
+        S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+    {
         let (connector, name) = self
             .connector
             .as_ref()
             .expect("connect is only called when TLS was requested");
-        connector.connect(name.clone(), tcp).await
+        connector.connect(name.clone(), socket).await
     }
 }
 

@@ -189,7 +189,11 @@ async fn twenty_reloads_during_pgbench_fail_no_transaction() {
     ]
     .into_iter()
     .map(|(tenant, mode)| {
-        let options = ["-n", "-c", "4", "-j", "2", "-T", "12", "-M", mode];
+        // One pgbench thread per client: in prepared mode a client's first run
+        // prepares with blocking calls, which would stall a thread's other
+        // client mid-transaction on a server the prepare then waits for (at
+        // `max_tenant_share: 2`, a deadlock until the queue timeout).
+        let options = ["-n", "-c", "4", "-j", "4", "-T", "12", "-M", mode];
         pgbench_as(binary.port, &db, tenant, &options).output()
     })
     .collect();
@@ -514,8 +518,8 @@ async fn reload_is_refused_when_a_tenant_role_is_missing() {
     assert_eq!(proxy.deps.metrics.reload_failures.get(), 1);
 }
 
-/// `workers: 1` runs the proxy on tokio's current-thread scheduler: the same
-/// relay, every session on one thread. pgbench over two tenants and a check
+/// `workers: 1` runs every session on one worker thread: no server ever
+/// moves between workers. pgbench over two tenants and a check
 /// of each tenant's context through it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_single_threaded_proxy_serves_tenants() {

@@ -8,7 +8,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use common::{
-    APP_PASSWORD, TIERS, code, config, one, pg, server_connections, start, start_tier, tenants,
+    APP_PASSWORD, TIERS, code, config, one, one_server_two_workers, pg, server_connections,
+    servers_move_between_workers, start, start_tier, tenants,
 };
 
 /// All four tenants share one pool of one server: every statement must still
@@ -50,6 +51,19 @@ async fn tenants_sharing_one_server_each_see_only_their_own_rows() {
     }
     for t in tasks {
         t.await.unwrap();
+    }
+}
+
+/// A server opened on one worker serves a session on another: its socket
+/// moves between the workers' event loops, over TCP and over PostgreSQL's
+/// Unix-domain socket.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_moves_between_workers_with_its_tenant_context() {
+    let db = pg().database("moves");
+    let socket_dir = pg().pg.dir().display().to_string();
+    for host in ["127.0.0.1", socket_dir.as_str()] {
+        let proxy = start(&one_server_two_workers(&db, host, "")).await;
+        servers_move_between_workers(&proxy, &db).await;
     }
 }
 

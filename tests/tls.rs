@@ -449,6 +449,25 @@ async fn server_connections_follow_the_cluster_tls_mode() {
     }
 }
 
+/// A TLS server connection moves between workers without losing its session.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tls_server_moves_between_workers() {
+    let _certs = pg_tls();
+    let db = pg().database("tls_moves");
+    let yaml = one_server_two_workers(&db, "127.0.0.1", "    tls: { mode: require }\n");
+    let proxy = start(&yaml).await;
+    servers_move_between_workers(&proxy, &db).await;
+    let ssl = proxy.connect("acme", &db).await;
+    assert_eq!(
+        one(
+            &ssl,
+            "SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()"
+        )
+        .await,
+        "t"
+    );
+}
+
 #[test]
 fn bad_tls_settings_are_refused_with_their_line() {
     let dir = scratch();

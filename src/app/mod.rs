@@ -1,6 +1,10 @@
 //! Wiring: bind the listeners, check the clusters, accept clients, keep pools
 //! topped up, reload, and stop.
 //!
+//! Threads: this one (the control thread) accepts clients and runs the tasks
+//! below; client sessions run on the worker threads ([`crate::workers`]),
+//! handed out in turn.
+//!
 //! Tasks: one accept loop; one task per client session; one maintenance task
 //! that visits every pool each second (idle timeouts, `min_pool_size`) and,
 //! with `watch_config`, notices a changed config file; one that reloads on
@@ -17,10 +21,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 
 use crate::config::Config;
 use crate::session::{self, Deps};
+use crate::workers::Workers;
 pub use health::Health;
 
 /// How the proxy is asked to stop.
@@ -36,6 +41,7 @@ pub enum Stop {
 /// A bound, checked proxy, ready to run.
 pub struct Proxy {
     listener: TcpListener,
+    workers: Workers,
     http: Option<TcpListener>,
     deps: Arc<Deps>,
     health: Arc<Health>,
@@ -59,9 +65,11 @@ impl Proxy {
             ),
             None => None,
         };
+        let workers = Workers::start(config.workers).context("cannot start worker threads")?;
         let deps = Arc::new(Deps::new(config, path));
         Ok(Proxy {
             listener,
+            workers,
             http,
             health: Arc::default(),
             deps,
@@ -104,7 +112,7 @@ impl Proxy {
             tokio::select! {
                 how = &mut stop => break how,
                 accepted = self.listener.accept() => match accepted {
-                    Ok((stream, peer)) => accept(&self.deps, stream, peer),
+                    Ok((stream, peer)) => accept(&self.deps, &self.workers, stream, peer),
                     // Out of file descriptors and the like: back off, keep serving.
                     Err(e) => {
                         tracing::warn!(error = %e, "accept failed");
@@ -126,19 +134,28 @@ impl Proxy {
     }
 }
 
-fn accept(deps: &Arc<Deps>, stream: tokio::net::TcpStream, peer: SocketAddr) {
+/// Hands a new client to a worker. Its socket moves from this thread's
+/// reactor to the worker's.
+fn accept(deps: &Arc<Deps>, workers: &Workers, stream: TcpStream, peer: SocketAddr) {
     let _ = stream.set_nodelay(true);
     let limit = deps.runtime.load().config.limits.max_client_connections;
     match deps.connections.open(limit) {
         Some(slot) => {
+            let stream = match stream.into_std() {
+                Ok(stream) => stream,
+                Err(e) => {
+                    tracing::warn!(%peer, error = %e, "could not hand a client to a worker");
+                    return;
+                }
+            };
             let task = Arc::default();
-            let handle = tokio::spawn(session::serve(
-                stream,
-                Arc::clone(deps),
-                peer,
-                slot,
-                Arc::clone(&task),
-            ));
+            let (deps, session_task) = (Arc::clone(deps), Arc::clone(&task));
+            let handle = workers.spawn(async move {
+                match TcpStream::from_std(stream) {
+                    Ok(stream) => session::serve(stream, deps, peer, slot, session_task).await,
+                    Err(e) => tracing::warn!(%peer, error = %e, "could not register a client"),
+                }
+            });
             let _ = task.set(handle.abort_handle());
         }
         None => {

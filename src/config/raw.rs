@@ -50,10 +50,9 @@ pub struct RawConfig {
     /// Reload when this file changes on disk, as on SIGHUP.
     #[serde(default)]
     pub watch_config: bool,
-    /// Worker threads (read at start): 0 for one per core, 1 for a
-    /// single-threaded proxy.
+    /// Worker threads for client sessions (read at start): 0 for one per core.
     #[serde(default)]
-    pub workers: u16,
+    pub workers: Option<Spanned<u16>>,
 }
 
 fn default_shutdown_timeout() -> Dur {

@@ -15,6 +15,9 @@ use super::{
 };
 use crate::tls::{ClientTls, ClientTlsMode, ServerTls, ServerTlsMode};
 
+/// Worker threads at most: more than a few per core only adds wake-ups.
+const MAX_WORKERS: u16 = 256;
+
 struct Errors(Vec<ConfigError>);
 
 impl Errors {
@@ -37,6 +40,15 @@ pub(super) fn validate(
     address(&mut errs, "listen", &raw.listen, "127.0.0.1:6432");
     if let Some(listen) = &raw.metrics.listen {
         address(&mut errs, "metrics.listen", listen, "127.0.0.1:9930");
+    }
+    if let Some(workers) = &raw.workers
+        && workers.value > MAX_WORKERS
+    {
+        errs.at(
+            "workers",
+            workers.referenced,
+            format!("must be at most {MAX_WORKERS} (0 means one per core)"),
+        );
     }
     let tenant_setting = raw.tenant_setting.value.clone();
     if !is_setting_name(&tenant_setting) || !tenant_setting.contains('.') {
@@ -188,7 +200,7 @@ pub(super) fn validate(
         shutdown_timeout: raw.shutdown_timeout.0,
         log_format: raw.log_format,
         watch_config: raw.watch_config,
-        workers: raw.workers,
+        workers: raw.workers.as_ref().map_or(0, |w| w.value),
     })
 }
 
@@ -585,6 +597,12 @@ tenants:
                 8,
             ),
             ("acme: {", "a.b: {", "tenants.a.b", 8),
+            (
+                "listen: 127.0.0.1:6432\n",
+                "listen: 127.0.0.1:6432\nworkers: 10000\n",
+                "workers",
+                2,
+            ),
             (
                 "host: h,",
                 "host: /run/postgresql, tls: { mode: require },",

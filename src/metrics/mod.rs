@@ -46,6 +46,8 @@ pub struct PoolMetrics {
     pub bytes_sent: Counter,
     pub server_connects: Counter,
     pub server_connect_errors: Counter,
+    /// Servers moved to another worker thread's event loop for a transaction.
+    pub server_moves: Counter,
     pub queue_timeouts: Counter,
     pub queue_wait: Histogram,
     pub transaction_time: Histogram,
@@ -140,7 +142,7 @@ impl Metrics {
     /// client connections.
     pub fn write(&self, w: &mut Writer, clients: &dyn Fn(&str) -> u32) {
         let pools = self.pools();
-        let counters: [(&str, &str, CounterOf); 7] = [
+        let counters: [(&str, &str, CounterOf); 8] = [
             (
                 "pgtenant_transactions_total",
                 "Transactions run on servers.",
@@ -170,6 +172,11 @@ impl Metrics {
                 "pgtenant_server_connect_errors_total",
                 "Server connections that failed to open.",
                 |p| &p.server_connect_errors,
+            ),
+            (
+                "pgtenant_server_moves_total",
+                "Server connections moved to another worker thread for a transaction (two epoll_ctl calls each).",
+                |p| &p.server_moves,
             ),
             (
                 "pgtenant_queue_timeouts_total",

@@ -22,6 +22,7 @@ use crate::config::Cluster;
 use crate::metrics::PoolMetrics;
 use crate::prepared::{Invalidations, ServerStatements};
 use crate::server::{self, Server, ServerError};
+use crate::workers::{self, WorkerId};
 use queue::{FairQueue, Waiter};
 pub use registry::{PoolKey, Pools};
 
@@ -92,15 +93,26 @@ impl Inner {
         self.held_total += 1;
     }
 
-    /// The idle server to hand to `tenant`: the most recently used one that
-    /// already carries its context (sparing the server the switch), else the
-    /// most recently used.
-    fn take_idle(&mut self, tenant: &str) -> Option<Box<Server>> {
-        let carries = |s: &Server| s.context.as_ref().is_some_and(|c| c.tenant == tenant);
-        match self.idle.iter().rposition(|s| carries(s)) {
-            Some(i) => Some(self.idle.remove(i)),
-            None => self.idle.pop(),
+    /// The idle server to hand to `tenant` on `worker`: the most recently
+    /// used among those that already carry its context (sparing the server
+    /// the switch), preferring one on that worker (sparing the move, see
+    /// [`crate::workers`]).
+    fn take_idle(&mut self, tenant: &str, worker: WorkerId) -> Option<Box<Server>> {
+        let score = |s: &Server| {
+            let carries = s.context.as_ref().is_some_and(|c| c.tenant == tenant);
+            2 * u8::from(carries) + u8::from(s.home == worker)
+        };
+        let mut best: Option<(usize, u8)> = None;
+        for (i, s) in self.idle.iter().enumerate().rev() {
+            let score = score(s);
+            if best.is_none_or(|(_, b)| score > b) {
+                best = Some((i, score));
+                if score == 3 {
+                    break;
+                }
+            }
         }
+        best.map(|(i, _)| self.idle.remove(i))
     }
 
     /// Ends one hold of `tenant`; a reusable server goes idle, `None` means the
@@ -291,8 +303,13 @@ impl Pool {
     /// left to do (wait for capacity, open a server) as a [`Pending`].
     pub fn checkout_now(self: &Arc<Self>, tenant: &Arc<str>) -> Result<Lease, Pending> {
         match self.try_lease(tenant) {
-            Ok(lease) if lease.server.as_ref().is_some_and(|s| s.looks_alive()) => Ok(lease),
-            Ok(lease) => Err(Pending::NoServer(lease)),
+            Ok(mut lease) => {
+                if lease.settle() {
+                    Ok(lease)
+                } else {
+                    Err(Pending::NoServer(lease))
+                }
+            }
             Err(wait) => Err(Pending::Queued(wait)),
         }
     }
@@ -300,7 +317,8 @@ impl Pool {
     /// Grants capacity now, or queues the caller.
     fn try_lease(self: &Arc<Self>, tenant: &Arc<str>) -> Result<Lease, Wait> {
         let mut inner = self.lock();
-        if let Some(server) = self.grant(&mut inner, tenant) {
+        let here = workers::current();
+        if let Some(server) = self.grant(&mut inner, tenant, here) {
             return Ok(Lease::new(self, Arc::clone(tenant), server));
         }
         let id = inner.next_waiter;
@@ -312,11 +330,13 @@ impl Pool {
                 id,
                 tx,
                 since: Instant::now(),
+                worker: here,
             },
         );
         Err(Wait {
             pool: Arc::clone(self),
             tenant: Arc::clone(tenant),
+            worker: here,
             id,
             rx,
             served: false,
@@ -325,14 +345,20 @@ impl Pool {
 
     /// Takes capacity for `tenant` if the pool and the tenant's share allow:
     /// `Some(Some(server))` an idle server, `Some(None)` a slot to connect in.
-    fn grant(&self, inner: &mut Inner, tenant: &Arc<str>) -> Option<Option<Box<Server>>> {
+    /// `worker` is where the server will be used.
+    fn grant(
+        &self,
+        inner: &mut Inner,
+        tenant: &Arc<str>,
+        worker: WorkerId,
+    ) -> Option<Option<Box<Server>>> {
         if inner.held.get(tenant).copied().unwrap_or(0) >= inner.sizes.max_tenant_share {
             return None;
         }
         if inner.idle.is_empty() && inner.open() >= inner.sizes.max_size {
             return None;
         }
-        let server = inner.take_idle(tenant);
+        let server = inner.take_idle(tenant, worker);
         inner.hold(tenant);
         Some(server)
     }
@@ -350,6 +376,7 @@ impl Pool {
     }
 
     fn dispatch(self: &Arc<Self>, inner: &mut Inner) {
+        let here = workers::current();
         while !inner.queue.is_empty()
             && (!inner.idle.is_empty() || inner.open() < inner.sizes.max_size)
         {
@@ -357,12 +384,12 @@ impl Pool {
             let held = &inner.held;
             let Some((tenant, waiter)) = inner
                 .queue
-                .pop(|t| held.get(t).copied().unwrap_or(0) < share)
+                .pop(|t| held.get(t).copied().unwrap_or(0) < share, here)
             else {
                 return;
             };
             let server = self
-                .grant(inner, &tenant)
+                .grant(inner, &tenant, waiter.worker)
                 .expect("capacity and share were checked");
             if let Err(mut lease) = waiter.tx.send(Lease::new(self, tenant, server)) {
                 // The waiter gave up between its timeout and our send: undo in place.
@@ -448,6 +475,27 @@ impl Lease {
         &self.pool
     }
 
+    /// Whether the lease holds a live server, usable from this worker
+    /// ([`Server::adopt`]). A dead one is dropped (the lease keeps the
+    /// capacity, for another server).
+    fn settle(&mut self) -> bool {
+        let Some(server) = self.server.take() else {
+            return false;
+        };
+        if !server.looks_alive() {
+            tracing::info!(server = server.id, pool = %self.pool.identity.label, "idle server died; replacing it");
+            return false;
+        }
+        let home = server.home;
+        self.server = server.adopt();
+        match &self.server {
+            Some(s) if s.home != home => self.pool.metrics.server_moves.inc(),
+            Some(_) => {}
+            None => return false,
+        }
+        true
+    }
+
     /// Returns the server to the pool. Only for a server at a clean transaction
     /// boundary (`ReadyForQuery('I')` with nothing outstanding).
     pub fn release(mut self) {
@@ -513,15 +561,16 @@ impl Pending {
             Pending::NoServer(lease) => lease,
         };
         let pool = Arc::clone(&lease.pool);
-        while let Some(server) = lease.server.take() {
-            if server.looks_alive() {
-                lease.server = Some(server);
-                return Ok(lease);
-            }
-            tracing::info!(server = server.id, pool = %pool.identity.label, "idle server died; replacing it");
-            // Another idle server can take the dead one's place in this lease,
-            // or we connect anew.
+        // An idle server (if one died, another) can fill this lease, or we
+        // connect anew.
+        while !lease.settle() {
             lease.server = pool.lock().idle.pop();
+            if lease.server.is_none() {
+                break;
+            }
+        }
+        if lease.server.is_some() {
+            return Ok(lease);
         }
         lease.server = Some(pool.connect().await?);
         Ok(lease)
@@ -532,6 +581,7 @@ impl Pending {
 pub struct Wait {
     pool: Arc<Pool>,
     tenant: Arc<str>,
+    worker: WorkerId,
     id: u64,
     rx: oneshot::Receiver<Lease>,
     /// Served: the pool took the waiter off its queue to send the lease.
@@ -554,7 +604,10 @@ impl Drop for Wait {
     fn drop(&mut self) {
         // Served waiters are gone from the queue already: no lock, no search.
         if !self.served {
-            self.pool.lock().queue.remove(&self.tenant, self.id);
+            self.pool
+                .lock()
+                .queue
+                .remove(&self.tenant, self.worker, self.id);
         }
     }
 }

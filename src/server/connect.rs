@@ -9,6 +9,7 @@ use postgres_protocol::message::frontend;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpStream, UnixStream};
 
+use super::stream::TlsSocket;
 use super::{CancelTarget, Server, ServerAddr, ServerError, ServerStream};
 use crate::config::Cluster;
 use crate::protocol::build;
@@ -117,7 +118,7 @@ async fn negotiate_tls(mut tcp: TcpStream, cluster: &Cluster) -> Result<ServerSt
         b'S' => {
             let tls = cluster
                 .tls
-                .connect(tcp)
+                .connect(TlsSocket(Some(tcp)))
                 .await
                 .map_err(|e| ServerError::Tls(e.to_string()))?;
             Ok(ServerStream::Tls(Box::new(tls)))

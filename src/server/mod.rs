@@ -15,6 +15,7 @@ use std::time::Instant;
 
 use crate::prepared::ServerStatements;
 use crate::tenant::context::TenantContext;
+use crate::workers::{self, WorkerId};
 
 pub use connect::{Socket, connect, open};
 pub use stream::ServerStream;
@@ -76,6 +77,8 @@ pub struct Server {
     pub settings: std::collections::BTreeMap<String, String>,
     pub idle_since: Instant,
     pub connected_at: std::time::SystemTime,
+    /// The worker whose reactor its socket is registered with.
+    pub home: WorkerId,
 }
 
 impl Server {
@@ -91,11 +94,34 @@ impl Server {
             settings: Default::default(),
             idle_since: Instant::now(),
             connected_at: std::time::SystemTime::now(),
+            home: workers::current(),
         }
     }
 
     /// Whether an idle server still looks usable (see [`ServerStream::quiet`]).
     pub fn looks_alive(&self) -> bool {
         self.stream.quiet()
+    }
+
+    /// This server, usable from the worker this runs on: its socket moves to
+    /// this worker's reactor if it is registered elsewhere. `None`: the move
+    /// failed and the connection is gone.
+    pub fn adopt(self: Box<Self>) -> Option<Box<Self>> {
+        let here = workers::current();
+        if self.home == here {
+            return Some(self);
+        }
+        let server = *self;
+        match server.stream.rehome() {
+            Ok(stream) => Some(Box::new(Server {
+                stream,
+                home: here,
+                ..server
+            })),
+            Err(e) => {
+                tracing::info!(server = server.id, error = %e, "could not move a server to this worker; closing it");
+                None
+            }
+        }
     }
 }

@@ -11,7 +11,7 @@ use tokio_rustls::client::TlsStream;
 
 pub enum ServerStream {
     Plain(TcpStream),
-    Tls(Box<TlsStream<TcpStream>>),
+    Tls(Box<TlsStream<TlsSocket>>),
     Unix(UnixStream),
 }
 
@@ -42,12 +42,32 @@ impl ServerStream {
         let probe = || Ok(());
         match self {
             ServerStream::Plain(s) => quiet(s.try_io(Interest::READABLE, probe), |b| s.try_read(b)),
-            ServerStream::Tls(s) => {
-                let s = s.get_ref().0;
-                quiet(s.try_io(Interest::READABLE, probe), |b| s.try_read(b))
-            }
+            ServerStream::Tls(s) => match &s.get_ref().0.0 {
+                Some(s) => quiet(s.try_io(Interest::READABLE, probe), |b| s.try_read(b)),
+                None => false,
+            },
             ServerStream::Unix(s) => quiet(s.try_io(Interest::READABLE, probe), |b| s.try_read(b)),
         }
+    }
+
+    /// The same socket, registered with the reactor of the worker this runs
+    /// on (see [`crate::workers`]): two `epoll_ctl` calls. An error leaves
+    /// the connection unusable.
+    pub fn rehome(self) -> io::Result<ServerStream> {
+        Ok(match self {
+            ServerStream::Plain(s) => ServerStream::Plain(TcpStream::from_std(s.into_std()?)?),
+            ServerStream::Unix(s) => ServerStream::Unix(UnixStream::from_std(s.into_std()?)?),
+            ServerStream::Tls(mut s) => {
+                // The TLS session stays; only the socket under it moves.
+                let socket = &mut s.get_mut().0.0;
+                let moved = match socket.take() {
+                    Some(tcp) => TcpStream::from_std(tcp.into_std()?)?,
+                    None => return Err(gone()),
+                };
+                *socket = Some(moved);
+                ServerStream::Tls(s)
+            }
+        })
     }
 
     /// Writes all of `bytes` and flushes: TLS may keep the tail of a write
@@ -83,5 +103,57 @@ impl AsyncWrite for ServerStream {
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         each!(self.get_mut(), s => Pin::new(s).poll_shutdown(cx))
+    }
+}
+
+/// The TCP socket under a server's TLS session. An `Option` so that the
+/// socket can be moved to another worker's reactor without ending the
+/// session (`None` only if that move failed).
+pub struct TlsSocket(pub Option<TcpStream>);
+
+fn gone() -> io::Error {
+    io::Error::new(
+        io::ErrorKind::NotConnected,
+        "server socket was lost moving between workers",
+    )
+}
+
+impl AsyncRead for TlsSocket {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        match &mut self.get_mut().0 {
+            Some(s) => Pin::new(s).poll_read(cx, buf),
+            None => Poll::Ready(Err(gone())),
+        }
+    }
+}
+
+impl AsyncWrite for TlsSocket {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        match &mut self.get_mut().0 {
+            Some(s) => Pin::new(s).poll_write(cx, buf),
+            None => Poll::Ready(Err(gone())),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match &mut self.get_mut().0 {
+            Some(s) => Pin::new(s).poll_flush(cx),
+            None => Poll::Ready(Err(gone())),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match &mut self.get_mut().0 {
+            Some(s) => Pin::new(s).poll_shutdown(cx),
+            None => Poll::Ready(Ok(())),
+        }
     }
 }

@@ -706,3 +706,49 @@ pub async fn cancel_a_running_query(client: &Client) {
     assert!(started.elapsed() < std::time::Duration::from_secs(5));
     assert_eq!(one(client, "SELECT 1").await, "1");
 }
+
+/// `config(db, …)` with two workers and one tier `one` of a single server,
+/// its cluster's `host:` line replaced by `host` and `cluster_extra` added
+/// (e.g. a `tls:` line).
+pub fn one_server_two_workers(db: &str, host: &str, cluster_extra: &str) -> String {
+    let yaml = config(
+        db,
+        "\n  one: { pool_size: 1 }",
+        &tenants("one", "one", "one", "one"),
+    );
+    format!("workers: 2\n{yaml}")
+        .replace("    host: 127.0.0.1\n", &format!("    host: {host}\n"))
+        .replace(
+            "    max_server_connections: 50\n",
+            &format!("    max_server_connections: 50\n{cluster_extra}"),
+        )
+}
+
+/// Two clients take turns on a pool of one server (a proxy from
+/// [`one_server_two_workers`]): sessions go to the workers in turn, so the
+/// server moves to the other worker at each turn. Each transaction must see
+/// its own tenant, on the one backend.
+pub async fn servers_move_between_workers(proxy: &Proxy, db: &str) {
+    let acme = proxy.connect("acme", db).await;
+    let globex = proxy.connect("globex", db).await;
+    let sql = "SELECT current_setting('app.current_tenant') || ' ' || pg_backend_pid()";
+    let mut pids = std::collections::BTreeSet::new();
+    for _ in 0..3 {
+        for (tenant, client) in [("acme", &acme), ("globex", &globex)] {
+            let row = one(client, sql).await;
+            let (seen, pid) = row.split_once(' ').expect("tenant and pid");
+            assert_eq!(seen, tenant);
+            pids.insert(pid.to_owned());
+        }
+    }
+    assert_eq!(pids.len(), 1, "one server for both clients: {pids:?}");
+    let moves: u64 = proxy
+        .deps
+        .runtime
+        .load()
+        .pools
+        .iter()
+        .map(|(_, pool)| pool.metrics.server_moves.get())
+        .sum();
+    assert!(moves >= 5, "the server moved at each turn, counted {moves}");
+}
