@@ -14,6 +14,8 @@
 #     (one pgbench process per tenant; PgBouncer and direct run as many processes as one user)
 #   SERVER_SOCKET=unix benches/pgbench-matrix.sh            # both poolers reach PostgreSQL over its
 #     Unix-domain socket instead of TCP 127.0.0.1 (clients still use TCP); direct stays on TCP
+#   BASELINE_BIN=/tmp/pgtenant-old benches/pgbench-matrix.sh  # also another pgtenant build (say,
+#     of the previous commit), as target pgtenant-base on port PROXY_PORT+1, same config
 # Settings (ports, data directory under /tmp/pgtenant-bench) are in benches/e2e/env.sh.
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
@@ -58,15 +60,27 @@ for i in $(seq 1 "${TENANTS:-0}"); do
   echo "  $user: { tier: bench, cluster: bench, users: { $user: { password: \"$secret\" } } }"
 done >> "$PROXY_DIR/proxy.yaml"
 
+BASE_PORT=$((PROXY_PORT + 1))
+if [ -n "${BASELINE_BIN:-}" ]; then
+  sed "s/^listen: .*/listen: 127.0.0.1:$BASE_PORT/" "$PROXY_DIR/proxy.yaml" > "$PROXY_DIR/base.yaml"
+fi
+
+start_one() { # binary config port pidfile log
+  RUST_LOG=warn "$1" run -c "$2" > "$5" 2>&1 &
+  echo $! > "$4"
+  for _ in $(seq 50); do pg_isready -q -h 127.0.0.1 -p "$3" && return; sleep 0.1; done
+  echo "pgtenant ($1) did not start: $(cat "$5")" >&2; exit 1
+}
 start_pgtenant() {
   ulimit -n 20000
-  RUST_LOG=warn "$BIN" run -c "$PROXY_DIR/proxy.yaml" > "$PROXY_DIR/log" 2>&1 &
-  echo $! > "$PROXY_DIR/pid"
-  for _ in $(seq 50); do pg_isready -q -h 127.0.0.1 -p "$PROXY_PORT" && return; sleep 0.1; done
-  echo "pgtenant did not start: $(cat "$PROXY_DIR/log")" >&2; exit 1
+  start_one "$BIN" "$PROXY_DIR/proxy.yaml" "$PROXY_PORT" "$PROXY_DIR/pid" "$PROXY_DIR/log"
+  if [ -n "${BASELINE_BIN:-}" ]; then
+    start_one "$BASELINE_BIN" "$PROXY_DIR/base.yaml" "$BASE_PORT" "$PROXY_DIR/base.pid" "$PROXY_DIR/base.log"
+  fi
 }
 stop_all() {
   [ -s "$PROXY_DIR/pid" ] && kill "$(cat "$PROXY_DIR/pid")" 2>/dev/null || true
+  [ -s "$PROXY_DIR/base.pid" ] && kill "$(cat "$PROXY_DIR/base.pid")" 2>/dev/null || true
   "$BENCH/pgbouncer-stop.sh" > /dev/null 2>&1 || true
   sleep 1
 }
@@ -77,7 +91,9 @@ start_pgtenant
 
 OUT=${OUT:-$ANCHORS/results/pgtenant-$(date +%Y%m%d-%H%M%S)}
 mkdir -p "$OUT"
-OUT=$OUT TARGETS="direct:$PG_PORT pgbouncer:$PGB_PORT:$PGB_DIR/pgbouncer.pid pgtenant:$PROXY_PORT:$PROXY_DIR/pid${TENANTS:+:$TENANT_USER}" \
+TARGETS="direct:$PG_PORT pgbouncer:$PGB_PORT:$PGB_DIR/pgbouncer.pid pgtenant:$PROXY_PORT:$PROXY_DIR/pid${TENANTS:+:$TENANT_USER}"
+[ -n "${BASELINE_BIN:-}" ] && TARGETS+=" pgtenant-base:$BASE_PORT:$PROXY_DIR/base.pid${TENANTS:+:$TENANT_USER}"
+OUT=$OUT TARGETS=$TARGETS \
   PROCS=${TENANTS:-1} MODES=${MODES:-simple extended} CLIENTS=${CLIENTS:-16} REPS=${REPS:-3} DURATION=${DURATION:-10} \
   FOREIGN_IGNORE="postgres pgbench pgbouncer pgtenant" "$BENCH/bench-matrix.sh"
 echo "## TPS, latency and pooler CPU per transaction (medians; ratios to PgBouncer)"
