@@ -95,7 +95,7 @@ TARGETS="direct:$PG_PORT pgbouncer:$PGB_PORT:$PGB_DIR/pgbouncer.pid pgtenant:$PR
 [ -n "${BASELINE_BIN:-}" ] && TARGETS+=" pgtenant-base:$BASE_PORT:$PROXY_DIR/base.pid${TENANTS:+:$TENANT_USER}"
 OUT=$OUT TARGETS=$TARGETS \
   PROCS=${TENANTS:-1} MODES=${MODES:-simple extended} CLIENTS=${CLIENTS:-16} REPS=${REPS:-3} DURATION=${DURATION:-10} \
-  FOREIGN_IGNORE="postgres pgbench pgbouncer pgtenant" "$BENCH/bench-matrix.sh"
+  FOREIGN_IGNORE="postgres pgbench pgbouncer pgtenant${BASELINE_BIN:+ $(basename "$BASELINE_BIN" | cut -c1-15)}" "$BENCH/bench-matrix.sh"
 echo "## TPS, latency and pooler CPU per transaction (medians; ratios to PgBouncer)"
 python3 "$BENCH/summarize.py" "$OUT/runs.csv" --compact | tee "$OUT/summary.md"
 

@@ -140,6 +140,9 @@ async fn metrics_pass_promtool_and_count_what_clients_did() {
         .unwrap()
             >= 1.0
     );
+    // acme's and umbrella's first transactions each set their context.
+    let switches = sample(&text, &format!("pgtenant_context_switches_total{labels}")).unwrap();
+    assert!((2.0..=tx).contains(&switches), "{switches} of {tx}");
     assert!(
         sample(
             &text,

@@ -48,6 +48,8 @@ pub struct PoolMetrics {
     pub server_connect_errors: Counter,
     /// Servers moved to another worker thread's event loop for a transaction.
     pub server_moves: Counter,
+    /// Transactions that first set the tenant's context on their server.
+    pub context_switches: Counter,
     pub queue_timeouts: Counter,
     pub queue_wait: Histogram,
     pub transaction_time: Histogram,
@@ -142,7 +144,7 @@ impl Metrics {
     /// client connections.
     pub fn write(&self, w: &mut Writer, clients: &dyn Fn(&str) -> u32) {
         let pools = self.pools();
-        let counters: [(&str, &str, CounterOf); 8] = [
+        let counters: [(&str, &str, CounterOf); 9] = [
             (
                 "pgtenant_transactions_total",
                 "Transactions run on servers.",
@@ -177,6 +179,11 @@ impl Metrics {
                 "pgtenant_server_moves_total",
                 "Server connections moved to another worker thread for a transaction (two epoll_ctl calls each).",
                 |p| &p.server_moves,
+            ),
+            (
+                "pgtenant_context_switches_total",
+                "Transactions that first set their tenant's context on a server carrying another's (one more statement for PostgreSQL).",
+                |p| &p.context_switches,
             ),
             (
                 "pgtenant_queue_timeouts_total",

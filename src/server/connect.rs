@@ -173,7 +173,14 @@ async fn scram(conn: &mut Reader<'_>, password: &[u8]) -> Result<(), ServerError
     frontend::sasl_initial_response(SCRAM_SHA_256, scram.message(), &mut out)?;
     conn.stream.send(&out).await?;
     match conn.next().await? {
-        Message::AuthenticationSaslContinue(body) => scram.update(body.data())?,
+        // The salted password is 4,096 rounds of PBKDF2 (milliseconds): off
+        // the worker, whose other sessions would wait meanwhile.
+        Message::AuthenticationSaslContinue(body) => {
+            let data = body.data().to_vec();
+            scram = tokio::task::spawn_blocking(move || scram.update(&data).map(|()| scram))
+                .await
+                .map_err(std::io::Error::other)??;
+        }
         Message::ErrorResponse(e) => return Err(server_error(&e)),
         _ => return Err(ServerError::Protocol("expected SASL continue".into())),
     }

@@ -459,6 +459,7 @@ impl<S: ClientStream> Relay<S> {
         let send_context = switch.replies > 0;
         w.out.clear();
         if send_context {
+            self.session.pool.metrics.context_switches.inc();
             // Context and the client's first messages go out in one write.
             if reset {
                 w.out.extend_from_slice(context::RESET);
