@@ -486,14 +486,12 @@ impl Lease {
             tracing::info!(server = server.id, pool = %self.pool.identity.label, "idle server died; replacing it");
             return false;
         }
-        let home = server.home;
+        let moves = server.home != workers::current();
         self.server = server.adopt();
-        match &self.server {
-            Some(s) if s.home != home => self.pool.metrics.server_moves.inc(),
-            Some(_) => {}
-            None => return false,
+        if moves && self.server.is_some() {
+            self.pool.metrics.server_moves.inc();
         }
-        true
+        self.server.is_some()
     }
 
     /// Returns the server to the pool. Only for a server at a clean transaction
@@ -564,15 +562,13 @@ impl Pending {
         // An idle server (if one died, another) can fill this lease, or we
         // connect anew.
         while !lease.settle() {
-            lease.server = pool.lock().idle.pop();
-            if lease.server.is_none() {
+            let idle = pool.lock().idle.pop();
+            if idle.is_none() {
+                lease.server = Some(pool.connect().await?);
                 break;
             }
+            lease.server = idle;
         }
-        if lease.server.is_some() {
-            return Ok(lease);
-        }
-        lease.server = Some(pool.connect().await?);
         Ok(lease)
     }
 }

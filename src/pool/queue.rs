@@ -97,19 +97,25 @@ impl<T> FairQueue<T> {
     }
 
     pub fn push(&mut self, tenant: &Arc<str>, waiter: Waiter<T>) {
-        let first_served = (self.order.front())
-            .and_then(|t| self.by_tenant.get(t))
-            .map_or(0, |q| q.served);
-        let queue = self.by_tenant.entry(Arc::clone(tenant)).or_insert_with(|| {
-            self.order.push_back(Arc::clone(tenant));
-            TenantQueue {
-                by_worker: Vec::new(),
-                len: 0,
-                served: first_served,
-                skips: 0,
-                passed: 0,
+        // A tenant already queued: one lookup, no key to clone.
+        let queue = match self.by_tenant.get_mut(tenant) {
+            Some(queue) => queue,
+            None => {
+                let first_served = (self.order.front())
+                    .and_then(|t| self.by_tenant.get(t))
+                    .map_or(0, |q| q.served);
+                self.order.push_back(Arc::clone(tenant));
+                self.by_tenant
+                    .entry(Arc::clone(tenant))
+                    .or_insert(TenantQueue {
+                        by_worker: Vec::new(),
+                        len: 0,
+                        served: first_served,
+                        skips: 0,
+                        passed: 0,
+                    })
             }
-        });
+        };
         let lane = usize::from(waiter.worker);
         if queue.by_worker.len() <= lane {
             queue.by_worker.resize_with(lane + 1, VecDeque::new);

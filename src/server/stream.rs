@@ -118,16 +118,23 @@ fn gone() -> io::Error {
     )
 }
 
+/// Polls the socket under a TLS session; a socket lost in a move fails.
+macro_rules! live {
+    ($socket:expr, $s:ident => $poll:expr) => {
+        match &mut $socket.get_mut().0 {
+            Some($s) => $poll,
+            None => Poll::Ready(Err(gone())),
+        }
+    };
+}
+
 impl AsyncRead for TlsSocket {
     fn poll_read(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        match &mut self.get_mut().0 {
-            Some(s) => Pin::new(s).poll_read(cx, buf),
-            None => Poll::Ready(Err(gone())),
-        }
+        live!(self, s => Pin::new(s).poll_read(cx, buf))
     }
 }
 
@@ -137,17 +144,11 @@ impl AsyncWrite for TlsSocket {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        match &mut self.get_mut().0 {
-            Some(s) => Pin::new(s).poll_write(cx, buf),
-            None => Poll::Ready(Err(gone())),
-        }
+        live!(self, s => Pin::new(s).poll_write(cx, buf))
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match &mut self.get_mut().0 {
-            Some(s) => Pin::new(s).poll_flush(cx),
-            None => Poll::Ready(Err(gone())),
-        }
+        live!(self, s => Pin::new(s).poll_flush(cx))
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
