@@ -380,6 +380,33 @@ async fn dead_idle_server_is_replaced() {
     assert_ne!(first, second);
 }
 
+/// An idle server that died while registered with another worker's event loop
+/// is replaced there too: the session on the other worker gets a new server
+/// with its own tenant, and the dead one is not counted as moved.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_idle_server_of_another_worker_is_replaced() {
+    let db = pg().database("dead_moves");
+    let proxy = start(&one_server_two_workers(&db, "127.0.0.1", "")).await;
+    // Sessions go to the two workers in turn.
+    let acme = proxy.connect("acme", &db).await;
+    let globex = proxy.connect("globex", &db).await;
+    let first = one(&acme, "SELECT pg_backend_pid()").await;
+    let su = pg().superuser(&db).await;
+    su.execute(&format!("SELECT pg_terminate_backend({first})"), &[])
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let sql = "SELECT current_setting('app.current_tenant') || ' ' || pg_backend_pid()";
+    let row = one(&globex, sql).await;
+    let (tenant, second) = row.split_once(' ').unwrap();
+    assert_eq!(tenant, "globex");
+    assert_ne!(second, first);
+    let moves: u64 = (proxy.deps.runtime.load().pools.iter())
+        .map(|(_, pool)| pool.metrics.server_moves.get())
+        .sum();
+    assert_eq!(moves, 0, "the dead server was moved");
+}
+
 /// Replacing dead idle servers must not leak pool capacity: after both servers
 /// of a pool of two die, two transactions can still run at once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
