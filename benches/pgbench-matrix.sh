@@ -16,6 +16,8 @@
 #     Unix-domain socket instead of TCP 127.0.0.1 (clients still use TCP); direct stays on TCP
 #   BASELINE_BIN=/tmp/pgtenant-old benches/pgbench-matrix.sh  # also another pgtenant build (say,
 #     of the previous commit), as target pgtenant-base on port PROXY_PORT+1, same config
+#   BASELINE_BIN=target/release/pgtenant BASE_WORKERS=1 benches/pgbench-matrix.sh  # this build
+#     twice: the baseline with another `workers` setting (WORKERS sets the first's; 0 = one per core)
 # Settings (ports, data directory under /tmp/pgtenant-bench) are in benches/e2e/env.sh.
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
@@ -62,11 +64,15 @@ done >> "$PROXY_DIR/proxy.yaml"
 
 BASE_PORT=$((PROXY_PORT + 1))
 if [ -n "${BASELINE_BIN:-}" ]; then
-  sed "s/^listen: .*/listen: 127.0.0.1:$BASE_PORT/" "$PROXY_DIR/proxy.yaml" > "$PROXY_DIR/base.yaml"
+  sed -e "s/^listen: .*/listen: 127.0.0.1:$BASE_PORT/" -e "s/^workers: .*/workers: ${BASE_WORKERS:-$WORKERS}/" \
+    "$PROXY_DIR/proxy.yaml" > "$PROXY_DIR/base.yaml"
 fi
 
 start_one() { # binary config port pidfile log
-  RUST_LOG=warn "$1" run -c "$2" > "$5" 2>&1 &
+  # A session of its own, as PgBouncer's daemon has: with the kernel's
+  # autogroup scheduling on, a process in this script's session would share
+  # one CPU share with pgbench.
+  RUST_LOG=warn setsid "$1" run -c "$2" > "$5" 2>&1 &
   echo $! > "$4"
   for _ in $(seq 50); do pg_isready -q -h 127.0.0.1 -p "$3" && return; sleep 0.1; done
   echo "pgtenant ($1) did not start: $(cat "$5")" >&2; exit 1
