@@ -38,57 +38,86 @@ const ANYWHERE: &[&[u8]] = &[
 pub fn may_change_session(sql: &[u8]) -> bool {
     let mut i = 0;
     let mut statement_start = true;
-    while i < sql.len() {
-        let c = sql[i];
-        if c == b'-' && sql.get(i + 1) == Some(&b'-') {
-            i = sql[i..]
-                .iter()
-                .position(|&b| b == b'\n')
-                .map_or(sql.len(), |p| i + p);
-        } else if c == b'/' && sql.get(i + 1) == Some(&b'*') {
-            i = skip_block_comment(sql, i);
-        } else if c == b'&' && i > 0 && sql[i - 1].eq_ignore_ascii_case(&b'u') {
-            // U&"..." and U&'...' spell names with escapes the scan cannot read.
-            return true;
-        } else if c == b';' {
-            statement_start = true;
-            i += 1;
-        } else if is_word_byte(c) {
-            let end = sql[i..]
-                .iter()
-                .position(|&b| !is_word_byte(b))
-                .map_or(sql.len(), |p| i + p);
-            let word = &sql[i..end];
-            if (statement_start && LEADING.iter().any(|w| word.eq_ignore_ascii_case(w)))
-                || ANYWHERE.iter().any(|w| word.eq_ignore_ascii_case(w))
-                || contains_ignore_case(word, b"advisory")
-            {
-                return true;
-            }
-            statement_start = false;
-            i = end;
-        } else {
-            if !c.is_ascii_whitespace() && c != b'(' {
+    while let Some(&c) = sql.get(i) {
+        match CLASS[c as usize] {
+            Class::Word => {
+                let start = i;
+                i += 1;
+                while sql
+                    .get(i)
+                    .is_some_and(|&b| CLASS[b as usize] == Class::Word)
+                {
+                    i += 1;
+                }
+                let word = &sql[start..i];
+                if listed(word, statement_start) || contains_ignore_case(word, b"advisory") {
+                    return true;
+                }
                 statement_start = false;
             }
-            i += 1;
+            Class::Blank => i += 1,
+            Class::Other => {
+                statement_start = false;
+                i += 1;
+            }
+            Class::Special => match c {
+                b'-' if sql.get(i + 1) == Some(&b'-') => {
+                    i = sql[i..]
+                        .iter()
+                        .position(|&b| b == b'\n')
+                        .map_or(sql.len(), |p| i + p);
+                }
+                b'/' if sql.get(i + 1) == Some(&b'*') => i = skip_block_comment(sql, i),
+                // U&"..." and U&'...' spell names with escapes the scan cannot read.
+                b'&' if i > 0 && sql[i - 1].eq_ignore_ascii_case(&b'u') => return true,
+                b';' => {
+                    statement_start = true;
+                    i += 1;
+                }
+                _ => {
+                    statement_start = false;
+                    i += 1;
+                }
+            },
         }
     }
     false
 }
 
-fn is_word_byte(b: u8) -> bool {
-    WORD_BYTE[b as usize]
+/// Whether `word` is one of [`LEADING`] (counted only at a statement's start)
+/// or [`ANYWHERE`].
+fn listed(word: &[u8], statement_start: bool) -> bool {
+    let any = |words: &[&[u8]]| words.iter().any(|w| word.eq_ignore_ascii_case(w));
+    (statement_start && any(LEADING)) || any(ANYWHERE)
 }
 
-/// Letters, digits, `_` and non-ASCII: one table load per byte on the hot path
-/// (the scan runs on every Query and Parse; this halved its cost).
-const WORD_BYTE: [bool; 256] = {
-    let mut table = [false; 256];
+/// What a byte means to the scan: one table load per byte on the hot path
+/// (the scan runs on every Query and Parse).
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Class {
+    /// Letters, digits, `_` and non-ASCII.
+    Word,
+    /// Whitespace and `(`, which a statement's first word may follow.
+    Blank,
+    /// `-`, `/`, `&` and `;`, which may start a comment, a `U&` name or a statement.
+    Special,
+    Other,
+}
+
+const CLASS: [Class; 256] = {
+    let mut table = [Class::Other; 256];
     let mut b = 0;
     while b < 256 {
         let c = b as u8;
-        table[b] = c.is_ascii_alphanumeric() || c == b'_' || c >= 0x80;
+        table[b] = if c.is_ascii_alphanumeric() || c == b'_' || c >= 0x80 {
+            Class::Word
+        } else if c.is_ascii_whitespace() || c == b'(' {
+            Class::Blank
+        } else if matches!(c, b'-' | b'/' | b'&' | b';') {
+            Class::Special
+        } else {
+            Class::Other
+        };
         b += 1;
     }
     table
@@ -114,11 +143,12 @@ fn skip_block_comment(sql: &[u8], mut i: usize) -> usize {
     i
 }
 
+/// `needle` is lower case and starts with a letter.
 fn contains_ignore_case(word: &[u8], needle: &[u8]) -> bool {
     word.len() >= needle.len()
         && word
             .windows(needle.len())
-            .any(|w| w.eq_ignore_ascii_case(needle))
+            .any(|w| w[0] | 0x20 == needle[0] && w.eq_ignore_ascii_case(needle))
 }
 
 #[cfg(test)]
