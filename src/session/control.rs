@@ -1,17 +1,18 @@
 //! What operators do to running sessions: reloads, pause and resume, kill,
 //! shutdown. Sessions read it at transaction boundaries (a few atomic loads)
 //! and, while idle, wait on their own [`ClientEntry::wake`], which every change
-//! here notifies, so a change reaches them at once. A per-session `Notify` keeps
-//! the idle wait free of any lock shared between sessions. It also keeps the
+//! here notifies, so a change reaches them at once. A per-session [`Wake`] keeps
+//! the idle wait free of any lock. It also keeps the
 //! registry of logged-in clients the admin console lists.
 
 use std::collections::{BTreeSet, HashMap};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU8, AtomicU64, Ordering};
 use std::sync::{Arc, LazyLock, Mutex, OnceLock};
+use std::task::Poll;
 use std::time::{Duration, Instant, SystemTime};
 
-use tokio::sync::Notify;
+use futures_util::task::AtomicWaker;
 use tokio::task::AbortHandle;
 
 /// Where a pause applies.
@@ -73,7 +74,7 @@ impl Control {
     /// a transaction finds a stored permit at its next idle wait).
     fn changed(&self) {
         for c in self.lock_clients().values() {
-            c.wake.notify_one();
+            c.wake.notify();
         }
     }
 
@@ -225,9 +226,48 @@ pub struct ClientEntry {
     server_pid: AtomicI32,
     killed: AtomicBool,
     /// Notified on every operator change; the session waits on it while idle.
-    pub wake: Notify,
+    pub wake: Wake,
     /// Its task, so `KILL` can cut a session in the middle of a transaction.
     abort: Arc<OnceLock<AbortHandle>>,
+}
+
+/// Tells one session to look at what operators changed: a stored flag and the
+/// session task's waker. A session polls it twice per transaction, so unlike
+/// `tokio::sync::Notify` it takes no lock to wait or to stop waiting.
+#[derive(Debug, Default)]
+pub struct Wake {
+    pending: AtomicBool,
+    waker: AtomicWaker,
+}
+
+impl Wake {
+    /// Wakes the session if it waits, or makes its next wait end at once.
+    pub fn notify(&self) {
+        self.pending.store(true, Ordering::Release);
+        self.waker.wake();
+    }
+
+    /// Ready once a notification came since the last one was taken.
+    /// Cancel-safe: dropped unfinished, it takes nothing.
+    pub fn notified(&self) -> impl Future<Output = ()> + '_ {
+        std::future::poll_fn(|cx| {
+            if self.take() {
+                return Poll::Ready(());
+            }
+            self.waker.register(cx.waker());
+            // A notification between the first look and the registration
+            // found no waker to wake.
+            if self.take() {
+                Poll::Ready(())
+            } else {
+                Poll::Pending
+            }
+        })
+    }
+
+    fn take(&self) -> bool {
+        self.pending.load(Ordering::Acquire) && self.pending.swap(false, Ordering::AcqRel)
+    }
 }
 
 impl ClientEntry {
@@ -270,7 +310,7 @@ impl ClientEntry {
             server: AtomicU64::new(0),
             server_pid: AtomicI32::new(0),
             killed: AtomicBool::new(false),
-            wake: Notify::new(),
+            wake: Wake::default(),
             abort,
         }
     }
@@ -357,6 +397,28 @@ static CLOCK_BASE: LazyLock<(Instant, SystemTime)> =
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn a_wake_is_kept_until_taken_and_reaches_a_waiting_task() {
+        let wake = Arc::new(Wake::default());
+        // Stored before anyone waits: the next wait ends at once, once.
+        wake.notify();
+        wake.notified().await;
+        let again = tokio::time::timeout(Duration::from_millis(20), wake.notified()).await;
+        assert!(again.is_err(), "one notification ends one wait");
+        // A wait given up takes nothing; a waiting task is woken.
+        let waiter = tokio::spawn({
+            let wake = Arc::clone(&wake);
+            async move { wake.notified().await }
+        });
+        tokio::task::yield_now().await;
+        assert!(!waiter.is_finished());
+        wake.notify();
+        tokio::time::timeout(Duration::from_secs(5), waiter)
+            .await
+            .expect("the waiting task is woken")
+            .unwrap();
+    }
 
     #[test]
     fn pauses_cover_all_a_tier_or_a_tenant_and_resume_lifts_them() {

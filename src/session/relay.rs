@@ -7,7 +7,7 @@
 //! goes away means the server is closed, never reused.
 
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use bytes::{Buf, BytesMut};
 use tokio::io::AsyncReadExt;
@@ -331,14 +331,17 @@ impl<S: ClientStream> Relay<S> {
         // connecting, a big state no transaction should carry).
         // The end of a wait is the start of the transaction (no wait: no
         // second clock read).
-        let (checkout, began) = match self.session.pool.checkout_now(&self.session.tenant_key) {
-            Ok(lease) => (Ok(lease), started),
-            Err(pending) => match Box::pin(self.checkout(pending, started)).await? {
-                Some(checkout) => (checkout, Instant::now()),
-                None => return Ok(false),
-            },
-        };
-        let waited = began - started;
+        let (checkout, began, waited) =
+            match self.session.pool.checkout_now(&self.session.tenant_key) {
+                Ok(lease) => (Ok(lease), started, Duration::ZERO),
+                Err(pending) => match Box::pin(self.checkout(pending, started)).await? {
+                    Some(checkout) => {
+                        let began = Instant::now();
+                        (checkout, began, began - started)
+                    }
+                    None => return Ok(false),
+                },
+            };
         let entry = &self.registered.entry;
         match checkout {
             Ok(mut lease) => {
