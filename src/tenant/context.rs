@@ -10,6 +10,14 @@
 //!    statement group, so the client's pipelined statements run as the login role
 //!    with *this* tenant's setting, never another's; the server is then closed.
 //!
+//! Each is a `Query` of its own, so it commits before the client's statements
+//! run, outside the client's transaction. Inside it, the setting would roll
+//! back with it, and a transaction can roll back with no sign on the wire the
+//! proxy could rely on: a procedure run by `CALL` may itself `ROLLBACK` (where
+//! PostgreSQL allows it transaction control), and the command tag is still
+//! `CALL`. The previous tenant's value would then be back under this tenant's
+//! later statements.
+//!
 //! Identifiers and literals are quoted here; names were validated at config load.
 
 use bytes::{Bytes, BytesMut};
