@@ -555,3 +555,48 @@ async fn a_single_threaded_proxy_serves_tenants() {
         binary.log()
     );
 }
+
+/// A checkout queued in a pool that a reload then replaces still gets its
+/// queue timeout (queue timeouts are swept for every live pool, not only for
+/// those of the running config), and the session goes on in the new pool.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wait_in_a_replaced_pool_still_times_out() {
+    let db = pg().database("reload_wait");
+    let tiers = "\n  one: { pool_size: 1, queue_timeout: 1s }\n";
+    let yaml = with_literal_secrets(&config(&db, tiers, &tenants("one", "one", "one", "one")));
+    let (proxy, dir) = start_file(&yaml).await;
+    let holder = proxy.connect("acme", &db).await;
+    holder.batch_execute("BEGIN").await.unwrap();
+    let waiter = proxy.connect("umbrella", &db).await;
+    let started = Instant::now();
+    let waiting = tokio::spawn(async move {
+        let err = waiter.simple_query("SELECT 1").await.unwrap_err();
+        (code(&err), waiter)
+    });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(
+        !waiting.is_finished(),
+        "the second client waits for the server"
+    );
+    // New login role for the cluster: every tenant moves to a new pool.
+    let moved = yaml
+        .replace("user: pgtenant_app", "user: pgtenant_md5")
+        .replace(
+            &format!("password: {BACKEND_PASSWORD}"),
+            &format!("password: {MD5_BACKEND_PASSWORD}"),
+        );
+    std::fs::write(dir.path().join("proxy.yaml"), &moved).unwrap();
+    proxy.deps.reload("test").await.expect("reload");
+    let (code, waiter) = tokio::time::timeout(Duration::from_secs(5), waiting)
+        .await
+        .expect("the queued checkout times out")
+        .unwrap();
+    assert_eq!(code, "53300");
+    let waited = started.elapsed();
+    assert!(
+        waited >= Duration::from_secs(1) && waited < Duration::from_secs(3),
+        "timed out after {waited:?}"
+    );
+    assert_eq!(one(&waiter, "SELECT session_user").await, "pgtenant_md5");
+    holder.batch_execute("COMMIT").await.unwrap();
+}

@@ -24,6 +24,7 @@ use anyhow::Context;
 use tokio::net::{TcpListener, TcpStream};
 
 use crate::config::Config;
+use crate::pool;
 use crate::session::{self, Deps};
 use crate::workers::Workers;
 pub use health::Health;
@@ -95,6 +96,7 @@ impl Proxy {
     pub async fn run(self, stop: impl Future<Output = Stop>) -> anyhow::Result<()> {
         let mut tasks = vec![
             tokio::spawn(maintain(Arc::clone(&self.deps))),
+            tokio::spawn(expire_waits()),
             tokio::spawn(reload_on_hangup(Arc::clone(&self.deps))),
             tokio::spawn(health::probe(
                 Arc::clone(&self.deps),
@@ -186,6 +188,16 @@ async fn drain(deps: &Deps) {
             clients = n,
             "shutdown_timeout reached; closing the remaining clients"
         ),
+    }
+}
+
+/// Queue timeouts of every pool, from one timer (see [`pool::expire_waits`]).
+async fn expire_waits() {
+    let mut tick = tokio::time::interval(pool::EXPIRY_PERIOD);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        pool::expire_waits();
     }
 }
 

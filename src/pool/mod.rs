@@ -12,7 +12,7 @@ mod queue;
 mod registry;
 
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::{Duration, Instant, SystemTime};
 
 use arc_swap::ArcSwap;
@@ -23,6 +23,26 @@ use crate::metrics::PoolMetrics;
 use crate::prepared::{Invalidations, ServerStatements};
 use crate::server::{self, Server, ServerError};
 use crate::workers::{self, WorkerId};
+
+/// How often queued checkouts are checked against their deadline: a queue
+/// timeout fires up to this much late.
+pub const EXPIRY_PERIOD: Duration = Duration::from_millis(50);
+
+/// Every pool alive. A pool that a reload replaced lives on while its last
+/// leases and waiters do, and those waiters must still time out.
+static LIVE: Mutex<Vec<Weak<Pool>>> = Mutex::new(Vec::new());
+
+fn lock_live() -> MutexGuard<'static, Vec<Weak<Pool>>> {
+    LIVE.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Fails the queued checkouts of every pool whose deadline has passed. Run
+/// every [`EXPIRY_PERIOD`]: one timer for all waiters instead of one per wait,
+/// which cost each queued checkout about 600 instructions (the time driver's
+/// lock, twice, and its wheel).
+pub fn expire_waits() {
+    lock_live().retain(|pool| pool.upgrade().inspect(|p| p.expire_waits()).is_some());
+}
 use queue::{FairQueue, Waiter};
 pub use registry::{PoolKey, Pools};
 
@@ -176,7 +196,7 @@ impl Pool {
         cluster: Arc<Cluster>,
         metrics: Arc<PoolMetrics>,
     ) -> Arc<Pool> {
-        Arc::new(Pool {
+        let pool = Arc::new(Pool {
             identity,
             cluster: ArcSwap::new(cluster),
             metrics,
@@ -192,7 +212,9 @@ impl Pool {
             invalidations: Arc::default(),
             connecting: AtomicU32::new(0),
             clients: AtomicU32::new(0),
-        })
+        });
+        lock_live().push(Arc::downgrade(&pool));
+        pool
     }
 
     pub fn cluster(&self) -> Arc<Cluster> {
@@ -292,17 +314,22 @@ impl Pool {
         tenant: &Arc<str>,
         deadline: Instant,
     ) -> Result<Lease, CheckoutError> {
-        match self.checkout_now(tenant) {
+        match self.checkout_now(tenant, deadline) {
             Ok(lease) => Ok(lease),
-            Err(pending) => pending.finish(deadline).await,
+            Err(pending) => pending.finish().await,
         }
     }
 
     /// An idle, live server for `tenant` at once, in one lock: the common
     /// checkout, kept synchronous so it costs no future. Otherwise what is
     /// left to do (wait for capacity, open a server) as a [`Pending`].
-    pub fn checkout_now(self: &Arc<Self>, tenant: &Arc<str>) -> Result<Lease, Pending> {
-        match self.try_lease(tenant) {
+    /// A queued checkout gives up at `deadline` ([`Pool::expire_waits`]).
+    pub fn checkout_now(
+        self: &Arc<Self>,
+        tenant: &Arc<str>,
+        deadline: Instant,
+    ) -> Result<Lease, Pending> {
+        match self.try_lease(tenant, deadline) {
             Ok(mut lease) => {
                 if lease.settle() {
                     Ok(lease)
@@ -315,7 +342,7 @@ impl Pool {
     }
 
     /// Grants capacity now, or queues the caller.
-    fn try_lease(self: &Arc<Self>, tenant: &Arc<str>) -> Result<Lease, Wait> {
+    fn try_lease(self: &Arc<Self>, tenant: &Arc<str>, deadline: Instant) -> Result<Lease, Wait> {
         let mut inner = self.lock();
         let here = workers::current();
         if let Some(server) = self.grant(&mut inner, tenant, here) {
@@ -330,6 +357,7 @@ impl Pool {
                 id,
                 tx,
                 since: Instant::now(),
+                deadline,
                 worker: here,
             },
         );
@@ -373,6 +401,14 @@ impl Pool {
             inner.idle.pop();
         }
         self.dispatch(&mut inner);
+    }
+
+    /// Fails the queued checkouts whose deadline has passed.
+    pub fn expire_waits(&self) {
+        let mut inner = self.lock();
+        if !inner.queue.is_empty() {
+            inner.queue.expire(Instant::now());
+        }
     }
 
     fn dispatch(self: &Arc<Self>, inner: &mut Inner) {
@@ -551,11 +587,11 @@ pub enum Pending {
 }
 
 impl Pending {
-    /// Waits until `deadline` for capacity, then makes sure the lease holds
-    /// a live server.
-    pub async fn finish(self, deadline: Instant) -> Result<Lease, CheckoutError> {
+    /// Waits for capacity (until the checkout's deadline), then makes sure
+    /// the lease holds a live server.
+    pub async fn finish(self) -> Result<Lease, CheckoutError> {
         let mut lease = match self {
-            Pending::Queued(wait) => wait.until(deadline).await?,
+            Pending::Queued(wait) => wait.served().await?,
             Pending::NoServer(lease) => lease,
         };
         let pool = Arc::clone(&lease.pool);
@@ -585,13 +621,15 @@ pub struct Wait {
 }
 
 impl Wait {
-    async fn until(mut self, deadline: Instant) -> Result<Lease, CheckoutError> {
-        match tokio::time::timeout_at(deadline.into(), &mut self.rx).await {
-            Ok(Ok(lease)) => {
+    /// The lease, or the queue timeout: the pool drops a waiter whose
+    /// deadline passed (and its channel's sender with it).
+    async fn served(mut self) -> Result<Lease, CheckoutError> {
+        match (&mut self.rx).await {
+            Ok(lease) => {
                 self.served = true;
                 Ok(lease)
             }
-            _ => Err(CheckoutError::QueueTimeout),
+            Err(_) => Err(CheckoutError::QueueTimeout),
         }
     }
 }

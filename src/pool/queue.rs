@@ -43,6 +43,8 @@ pub struct Waiter<T> {
     pub id: u64,
     pub tx: T,
     pub since: Instant,
+    /// When it gives up: [`FairQueue::expire`] drops it then.
+    pub deadline: Instant,
     /// The worker the waiting session runs on.
     pub worker: WorkerId,
 }
@@ -181,7 +183,29 @@ impl<T> FairQueue<T> {
         (tenant, waiter)
     }
 
-    /// Removes a waiter that gave up (timeout or client gone).
+    /// Drops the waiters whose deadline has passed (dropping a waiter is what
+    /// tells it, through its channel); returns how many. The others keep their
+    /// places and their tenants' turns.
+    pub fn expire(&mut self, now: Instant) -> usize {
+        let mut expired = 0;
+        self.by_tenant.retain(|_, queue| {
+            for lane in &mut queue.by_worker {
+                let before = lane.len();
+                lane.retain(|w| w.deadline > now);
+                queue.len -= before - lane.len();
+                expired += before - lane.len();
+            }
+            queue.len > 0
+        });
+        if expired > 0 {
+            self.len -= expired;
+            let by_tenant = &self.by_tenant;
+            self.order.retain(|t| by_tenant.contains_key(t));
+        }
+        expired
+    }
+
+    /// Removes a waiter that gave up (client gone).
     pub fn remove(&mut self, tenant: &str, worker: WorkerId, id: u64) {
         let Some(queue) = self.by_tenant.get_mut(tenant) else {
             return;
@@ -235,6 +259,7 @@ mod tests {
             id,
             tx: (),
             since: Instant::now(),
+            deadline: Instant::now() + std::time::Duration::from_secs(60),
             worker,
         }
     }
@@ -373,5 +398,31 @@ mod tests {
         q.push(&a, on(4, 0));
         // Released off any worker (maintenance, a reload).
         assert_eq!(ids(drain(&mut q, 0)), [1, 2, 3, 4]);
+    }
+
+    #[test]
+    fn expired_waiters_leave_and_the_rest_keep_their_turns() {
+        let (a, b, c): (Arc<str>, Arc<str>, Arc<str>) = ("a".into(), "b".into(), "c".into());
+        let mut q = FairQueue::default();
+        let now = Instant::now();
+        let due = |id, worker, late: bool| Waiter {
+            deadline: if late {
+                now
+            } else {
+                now + std::time::Duration::from_secs(60)
+            },
+            ..on(id, worker)
+        };
+        q.push(&a, due(1, 1, true));
+        q.push(&b, due(2, 1, true));
+        q.push(&a, due(3, 2, false));
+        q.push(&c, due(4, 1, false));
+        q.push(&b, due(5, 2, true));
+        assert_eq!(q.expire(now), 3);
+        assert_eq!(q.len(), 2);
+        assert_eq!(q.expire(now), 0, "nothing is expired twice");
+        // b had only expired waiters and is gone; a and c keep their order.
+        assert_eq!(drain(&mut q, 0), [("a".into(), 3), ("c".into(), 4)]);
+        assert!(q.is_empty());
     }
 }

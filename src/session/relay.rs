@@ -331,17 +331,19 @@ impl<S: ClientStream> Relay<S> {
         // connecting, a big state no transaction should carry).
         // The end of a wait is the start of the transaction (no wait: no
         // second clock read).
-        let (checkout, began, waited) =
-            match self.session.pool.checkout_now(&self.session.tenant_key) {
-                Ok(lease) => (Ok(lease), started, Duration::ZERO),
-                Err(pending) => match Box::pin(self.checkout(pending, started)).await? {
-                    Some(checkout) => {
-                        let began = Instant::now();
-                        (checkout, began, began - started)
-                    }
-                    None => return Ok(false),
-                },
-            };
+        let (checkout, began, waited) = match self.session.pool.checkout_now(
+            &self.session.tenant_key,
+            started + self.session.tier.queue_timeout,
+        ) {
+            Ok(lease) => (Ok(lease), started, Duration::ZERO),
+            Err(pending) => match Box::pin(self.checkout(pending)).await? {
+                Some(checkout) => {
+                    let began = Instant::now();
+                    (checkout, began, began - started)
+                }
+                None => return Ok(false),
+            },
+        };
         let entry = &self.registered.entry;
         match checkout {
             Ok(mut lease) => {
@@ -383,9 +385,8 @@ impl<S: ClientStream> Relay<S> {
     async fn checkout(
         &mut self,
         pending: Pending,
-        started: Instant,
     ) -> Result<Option<Result<Lease, CheckoutError>>, RelayError> {
-        let checkout = pending.finish(started + self.session.tier.queue_timeout);
+        let checkout = pending.finish();
         tokio::pin!(checkout);
         loop {
             tokio::select! {
