@@ -459,12 +459,7 @@ async fn reload_with_new_cluster_servers_moves_clients_to_a_new_pool() {
     assert_eq!(one(&acme, "SELECT session_user").await, "pgtenant_app");
     let sticky_pid = one(&sticky, "SELECT pg_backend_pid()").await;
 
-    let moved = yaml
-        .replace("user: pgtenant_app", "user: pgtenant_md5")
-        .replace(
-            &format!("password: {BACKEND_PASSWORD}"),
-            &format!("password: {MD5_BACKEND_PASSWORD}"),
-        );
+    let moved = with_md5_login_role(&yaml);
     std::fs::write(dir.path().join("proxy.yaml"), &moved).unwrap();
     proxy.deps.reload("test").await.expect("reload");
     assert_eq!(
@@ -578,13 +573,7 @@ async fn a_wait_in_a_replaced_pool_still_times_out() {
         !waiting.is_finished(),
         "the second client waits for the server"
     );
-    // New login role for the cluster: every tenant moves to a new pool.
-    let moved = yaml
-        .replace("user: pgtenant_app", "user: pgtenant_md5")
-        .replace(
-            &format!("password: {BACKEND_PASSWORD}"),
-            &format!("password: {MD5_BACKEND_PASSWORD}"),
-        );
+    let moved = with_md5_login_role(&yaml);
     std::fs::write(dir.path().join("proxy.yaml"), &moved).unwrap();
     proxy.deps.reload("test").await.expect("reload");
     let (code, waiter) = tokio::time::timeout(Duration::from_secs(5), waiting)
@@ -599,4 +588,14 @@ async fn a_wait_in_a_replaced_pool_still_times_out() {
     );
     assert_eq!(one(&waiter, "SELECT session_user").await, "pgtenant_md5");
     holder.batch_execute("COMMIT").await.unwrap();
+}
+
+/// `yaml` with cluster `main` logging in as another role: a reload of it
+/// builds new pools for every tenant.
+fn with_md5_login_role(yaml: &str) -> String {
+    yaml.replace("user: pgtenant_app", "user: pgtenant_md5")
+        .replace(
+            &format!("password: {BACKEND_PASSWORD}"),
+            &format!("password: {MD5_BACKEND_PASSWORD}"),
+        )
 }

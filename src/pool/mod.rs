@@ -24,6 +24,9 @@ use crate::prepared::{Invalidations, ServerStatements};
 use crate::server::{self, Server, ServerError};
 use crate::workers::{self, WorkerId};
 
+use queue::{FairQueue, Waiter};
+pub use registry::{PoolKey, Pools};
+
 /// How often queued checkouts are checked against their deadline: a queue
 /// timeout fires up to this much late.
 pub const EXPIRY_PERIOD: Duration = Duration::from_millis(50);
@@ -41,10 +44,9 @@ fn lock_live() -> MutexGuard<'static, Vec<Weak<Pool>>> {
 /// which cost each queued checkout about 600 instructions (the time driver's
 /// lock, twice, and its wheel).
 pub fn expire_waits() {
-    lock_live().retain(|pool| pool.upgrade().inspect(|p| p.expire_waits()).is_some());
+    let now = Instant::now();
+    lock_live().retain(|pool| pool.upgrade().inspect(|p| p.expire_waits(now)).is_some());
 }
-use queue::{FairQueue, Waiter};
-pub use registry::{PoolKey, Pools};
 
 #[derive(Debug, thiserror::Error)]
 pub enum CheckoutError {
@@ -403,11 +405,11 @@ impl Pool {
         self.dispatch(&mut inner);
     }
 
-    /// Fails the queued checkouts whose deadline has passed.
-    pub fn expire_waits(&self) {
+    /// Fails the queued checkouts whose deadline is `now` or earlier.
+    fn expire_waits(&self, now: Instant) {
         let mut inner = self.lock();
         if !inner.queue.is_empty() {
-            inner.queue.expire(Instant::now());
+            inner.queue.expire(now);
         }
     }
 
