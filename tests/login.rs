@@ -7,7 +7,10 @@ mod common;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::{APP_PASSWORD, TIERS, code, config, one, pg, start, start_tier, tenants};
+use common::{
+    APP_PASSWORD, TIERS, code, config, one, pg, server_connections, start, start_file, start_tier,
+    tenants, with_literal_secrets,
+};
 
 fn with_user(db: &str, user_yaml: &str) -> String {
     config(db, TIERS, &tenants("free", "free", "growth", "enterprise")).replace(
@@ -199,6 +202,36 @@ async fn unreachable_cluster_gives_08001_naming_it() {
     );
     let acme = proxy.connect("acme", &db).await;
     assert_eq!(one(&acme, "SELECT 1").await, "1");
+}
+
+/// A cluster whose login password is wrong (SCRAM, derived off the worker):
+/// the client is told which cluster, the proxy keeps no server and goes on
+/// serving; fixed by a reload, the next login works.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wrong_cluster_password_gives_08001_naming_it() {
+    let db = pg().database("badpass");
+    let yaml = config(&db, TIERS, &tenants("free", "free", "growth", "enterprise"));
+    let wrong = yaml.replace("${TEST_BACKEND_PASSWORD}", "not-the-password");
+    let (proxy, dir) = start_file(&with_literal_secrets(&wrong)).await;
+    let err = proxy
+        .try_connect("app.acme", APP_PASSWORD, &db)
+        .await
+        .err()
+        .unwrap();
+    assert_eq!(code(&err), "08001");
+    assert!(
+        err.as_db_error().unwrap().message().contains("\"main\""),
+        "{err}"
+    );
+    let superuser = pg().superuser(&db).await;
+    assert_eq!(server_connections(&superuser).await, 0);
+    std::fs::write(dir.path().join("proxy.yaml"), with_literal_secrets(&yaml)).unwrap();
+    proxy.deps.reload("test").await.expect("reload");
+    let acme = proxy.connect("acme", &db).await;
+    assert_eq!(
+        one(&acme, "SELECT current_setting('app.current_tenant')").await,
+        "acme"
+    );
 }
 
 /// A cluster whose `host` is a directory is reached over PostgreSQL's
