@@ -204,6 +204,46 @@ async fn unreachable_cluster_gives_08001_naming_it() {
     assert_eq!(one(&acme, "SELECT 1").await, "1");
 }
 
+/// A cluster that takes the connection and never answers: the login fails
+/// with 08001 once `connect_timeout` has passed (a timer the session's worker,
+/// which has no time driver, sets on the control thread).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_cluster_fails_the_login_at_connect_timeout() {
+    let db = pg().database("silent");
+    // Never accepted: the kernel completes connections into the backlog.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = silent.local_addr().unwrap().port();
+    let yaml = config(&db, TIERS, &tenants("free", "free", "growth", "enterprise"))
+        .replace(
+            "tiers:",
+            &format!(
+                "  silent:\n    host: 127.0.0.1\n    port: {port}\n    database: gone\n    user: x\n    connect_timeout: 300ms\n    max_server_connections: 5\ntiers:"
+            ),
+        )
+        .replace("  umbrella: { tier: free, cluster: main }", "  umbrella: { tier: free, cluster: silent }");
+    let proxy = start(&yaml).await;
+    let started = std::time::Instant::now();
+    let err = proxy
+        .try_connect("app.umbrella", APP_PASSWORD, "gone")
+        .await
+        .err()
+        .unwrap();
+    let waited = started.elapsed();
+    assert_eq!(code(&err), "08001");
+    assert!(
+        err.as_db_error().unwrap().message().contains("\"silent\""),
+        "{err}"
+    );
+    assert!(
+        waited >= std::time::Duration::from_millis(300)
+            && waited < std::time::Duration::from_secs(5),
+        "{waited:?}"
+    );
+    let acme = proxy.connect("acme", &db).await;
+    assert_eq!(one(&acme, "SELECT 1").await, "1");
+    drop(silent);
+}
+
 /// A cluster whose login password is wrong (SCRAM, derived off the worker):
 /// the client is told which cluster, the proxy keeps no server and goes on
 /// serving; fixed by a reload, the next login works.

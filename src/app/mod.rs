@@ -66,7 +66,8 @@ impl Proxy {
             ),
             None => None,
         };
-        let workers = Workers::start(config.workers).context("cannot start worker threads")?;
+        let workers = Workers::start(config.workers, &tokio::runtime::Handle::current())
+            .context("cannot start worker threads")?;
         let deps = Arc::new(Deps::new(config, path));
         Ok(Proxy {
             listener,

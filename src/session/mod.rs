@@ -20,6 +20,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Instant;
 
 use arc_swap::ArcSwap;
 use tokio::task::AbortHandle;
@@ -34,6 +35,7 @@ use crate::metrics::Metrics;
 use crate::protocol::startup::StartupMessage;
 pub use crate::runtime::Runtime;
 use crate::tls::ClientTlsMode;
+use crate::workers;
 use cancel::CancelRegistry;
 use control::Control;
 use handshake::{Handshake, HandshakeError};
@@ -274,13 +276,13 @@ async fn start(
     let config = &runtime.config;
     let limits = config.limits.clone();
     // One deadline for encryption, startup and authentication together.
-    let deadline = tokio::time::Instant::now() + limits.login_timeout;
+    let deadline = Instant::now() + limits.login_timeout;
     let place = Place {
         peer,
         task,
         deadline,
     };
-    let shaken = tokio::time::timeout_at(
+    let shaken = workers::timeout_at(
         deadline,
         handshake::handshake(tcp, &config.tls, limits.max_startup_packet_size),
     )
@@ -323,7 +325,7 @@ struct Place {
     peer: SocketAddr,
     task: Arc<OnceLock<AbortHandle>>,
     /// The login deadline.
-    deadline: tokio::time::Instant,
+    deadline: Instant,
 }
 
 /// Login on a plain or a TLS stream (one copy of each, so the plain path pays
@@ -343,7 +345,7 @@ async fn session<S: ClientStream>(
     let cancel = deps.cancels.register(startup.cancel_key_len());
     let key = (cancel.slot.process_id, cancel.slot.secret());
     let tls = end_point.is_some();
-    let logged_in = tokio::time::timeout_at(
+    let logged_in = workers::timeout_at(
         place.deadline,
         login::login(
             &mut stream,

@@ -19,6 +19,7 @@ use super::login::AdminLogin;
 use crate::config::AdminRole;
 use crate::error::ClientError;
 use crate::protocol::{TxStatus, build};
+use crate::workers;
 use command::Command;
 
 /// Longest query text the console reads.
@@ -208,7 +209,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Console<S> {
             if busy == 0 || Instant::now() >= until {
                 return busy;
             }
-            tokio::time::sleep(Duration::from_millis(20)).await;
+            workers::sleep_until(Instant::now() + Duration::from_millis(20)).await;
         }
     }
 }
