@@ -14,7 +14,7 @@ use std::sync::{Arc, LazyLock};
 use divan::Bencher;
 use pgtenant::demo::TempPostgres;
 use pgtenant::metrics::PoolMetrics;
-use pgtenant::pool::{Pool, PoolIdentity, PoolSizes};
+use pgtenant::pool::{Pool, PoolIdentity, PoolMember, PoolSizes};
 
 fn main() {
     divan::main();
@@ -24,8 +24,8 @@ fn main() {
 const SERVERS: u32 = 8;
 
 struct Bench {
-    pool: Arc<Pool>,
-    tenants: Vec<Arc<str>>,
+    /// One client of each of 100 tenants (each holds the pool).
+    tenants: Vec<PoolMember>,
     /// For queued checkouts, which these never are (more servers than threads).
     deadline: std::time::Instant,
     /// Keeps the servers' sockets registered while the benchmarks run.
@@ -74,9 +74,11 @@ tenants:
         "could not open {SERVERS} servers on the benchmark PostgreSQL:\n{}",
         postgres.log()
     );
+    let tenants = (0..100)
+        .map(|i| pool.member(&Arc::from(format!("tenant{i}"))))
+        .collect();
     Bench {
-        pool,
-        tenants: (0..100).map(|i| Arc::from(format!("tenant{i}"))).collect(),
+        tenants,
         deadline: std::time::Instant::now() + std::time::Duration::from_secs(3600),
         _runtime: runtime,
         _postgres: postgres,
@@ -89,7 +91,7 @@ fn checkout_release_one_tenant(b: Bencher) {
     let bench = &*BENCH;
     let tenant = &bench.tenants[0];
     b.bench(|| {
-        if let Ok(lease) = bench.pool.checkout_now(tenant, bench.deadline) {
+        if let Ok(lease) = tenant.checkout_now(bench.deadline) {
             lease.release();
         }
     });
@@ -106,7 +108,7 @@ fn checkout_release_many_tenants(b: Bencher) {
     }
     b.bench(|| {
         let tenant = &bench.tenants[SLOT.with(|i| *i) % bench.tenants.len()];
-        if let Ok(lease) = bench.pool.checkout_now(tenant, bench.deadline) {
+        if let Ok(lease) = tenant.checkout_now(bench.deadline) {
             lease.release();
         }
     });

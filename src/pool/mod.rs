@@ -11,6 +11,8 @@
 mod queue;
 mod registry;
 
+use std::hash::{Hash, Hasher};
+use std::ops::Deref;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::{Duration, Instant, SystemTime};
@@ -73,6 +75,49 @@ pub struct PoolSizes {
     pub max_tenant_share: u32,
 }
 
+/// A tenant of one pool, resolved once per client and pool ([`Pool::member`])
+/// so that a checkout and its release count the tenant's servers without a
+/// map lookup (there were four per transaction, each hashing the tenant id).
+pub struct PoolTenant {
+    pub id: Arc<str>,
+    /// Servers it holds here (or is opening), for `max_tenant_share`. Only
+    /// changed under the pool's lock (an atomic so the handle can be shared).
+    held: AtomicU32,
+}
+
+impl PoolTenant {
+    fn held(&self) -> u32 {
+        self.held.load(Ordering::Relaxed)
+    }
+}
+
+/// A pool's handle on one of its tenants. A pool makes one per tenant id, so
+/// handles are compared (and hashed, in the wait queue) by identity.
+#[derive(Clone)]
+pub struct TenantRef(Arc<PoolTenant>);
+
+impl PartialEq for TenantRef {
+    fn eq(&self, other: &Self) -> bool {
+        Arc::ptr_eq(&self.0, &other.0)
+    }
+}
+
+impl Eq for TenantRef {}
+
+impl Hash for TenantRef {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        Arc::as_ptr(&self.0).hash(state);
+    }
+}
+
+impl Deref for TenantRef {
+    type Target = PoolTenant;
+
+    fn deref(&self) -> &PoolTenant {
+        &self.0
+    }
+}
+
 pub struct Pool {
     pub identity: PoolIdentity,
     cluster: ArcSwap<Cluster>,
@@ -92,12 +137,15 @@ struct Inner {
     /// (Boxed: a server moves between pool and lease as a pointer.)
     #[allow(clippy::vec_box)]
     idle: Vec<Box<Server>>,
-    /// Servers held (or being opened) per tenant, for `max_tenant_share`, and
-    /// their sum. Every open server is either idle or held, so [`Inner::open`]
-    /// is derived from these; only [`Inner::hold`] and [`Inner::unhold`] change them.
-    held: foldhash::HashMap<Arc<str>, u32>,
+    /// This pool's tenants by id, each with the servers it holds (or is
+    /// opening). Kept for the pool's life: one entry per tenant of its tier
+    /// that ever logged in.
+    tenants: foldhash::HashMap<Arc<str>, TenantRef>,
+    /// Servers held, summed over tenants. Every open server is either idle or
+    /// held, so [`Inner::open`] is derived from this; only [`Inner::hold`] and
+    /// [`Inner::unhold`] change the counts.
     held_total: u32,
-    queue: FairQueue<oneshot::Sender<Lease>>,
+    queue: FairQueue<TenantRef, oneshot::Sender<Lease>>,
     next_waiter: u64,
     /// `ParameterStatus` set of the most recent server connection.
     params: Option<Arc<Vec<(String, String)>>>,
@@ -109,9 +157,22 @@ impl Inner {
         self.idle.len() as u32 + self.held_total
     }
 
+    /// The handle on tenant `id`, made on first use.
+    fn tenant(&mut self, id: &Arc<str>) -> TenantRef {
+        if let Some(tenant) = self.tenants.get(id) {
+            return tenant.clone();
+        }
+        let tenant = TenantRef(Arc::new(PoolTenant {
+            id: Arc::clone(id),
+            held: AtomicU32::new(0),
+        }));
+        self.tenants.insert(Arc::clone(id), tenant.clone());
+        tenant
+    }
+
     /// Starts one hold of `tenant`.
-    fn hold(&mut self, tenant: &Arc<str>) {
-        *self.held.entry(Arc::clone(tenant)).or_default() += 1;
+    fn hold(&mut self, tenant: &PoolTenant) {
+        tenant.held.store(tenant.held() + 1, Ordering::Relaxed);
         self.held_total += 1;
     }
 
@@ -139,16 +200,10 @@ impl Inner {
 
     /// Ends one hold of `tenant`; a reusable server goes idle, `None` means the
     /// capacity it stood for is free again.
-    fn unhold(&mut self, tenant: &str, server: Option<Box<Server>>) {
-        if let Some(held) = self.held.get_mut(tenant) {
-            *held -= 1;
-            self.held_total -= 1;
-            if *held == 0 {
-                self.held.remove(tenant);
-            }
-        }
-        if let Some(mut s) = server {
-            s.idle_since = Instant::now();
+    fn unhold(&mut self, tenant: &PoolTenant, server: Option<Box<Server>>) {
+        tenant.held.store(tenant.held() - 1, Ordering::Relaxed);
+        self.held_total -= 1;
+        if let Some(s) = server {
             self.idle.push(s);
         }
     }
@@ -205,7 +260,7 @@ impl Pool {
             inner: Mutex::new(Inner {
                 sizes,
                 idle: Vec::new(),
-                held: Default::default(),
+                tenants: Default::default(),
                 held_total: 0,
                 queue: FairQueue::default(),
                 next_waiter: 0,
@@ -261,10 +316,15 @@ impl Pool {
         Ok(Box::new(server))
     }
 
-    /// Counts a logged-in client of this pool until the guard drops.
-    pub fn member(self: &Arc<Self>) -> PoolMember {
+    /// A logged-in client of `tenant` here: counted until it drops, and the
+    /// way its transactions check out servers.
+    pub fn member(self: &Arc<Self>, tenant: &Arc<str>) -> PoolMember {
+        let tenant = self.lock().tenant(tenant);
         self.clients.fetch_add(1, Ordering::Relaxed);
-        PoolMember(Arc::clone(self))
+        PoolMember {
+            pool: Arc::clone(self),
+            tenant,
+        }
     }
 
     fn lock(&self) -> MutexGuard<'_, Inner> {
@@ -308,27 +368,10 @@ impl Pool {
         self.lock().params.clone()
     }
 
-    /// A ready server for `tenant`, waiting until `deadline` for capacity.
-    ///
-    /// Cancel-safe: dropping the future at any point releases whatever it held.
-    pub async fn checkout(
+    /// See [`PoolMember::checkout_now`]; `tenant` is this pool's.
+    fn checkout_now(
         self: &Arc<Self>,
-        tenant: &Arc<str>,
-        deadline: Instant,
-    ) -> Result<Lease, CheckoutError> {
-        match self.checkout_now(tenant, deadline) {
-            Ok(lease) => Ok(lease),
-            Err(pending) => pending.finish().await,
-        }
-    }
-
-    /// An idle, live server for `tenant` at once, in one lock: the common
-    /// checkout, kept synchronous so it costs no future. Otherwise what is
-    /// left to do (wait for capacity, open a server) as a [`Pending`].
-    /// A queued checkout gives up at `deadline` ([`Pool::expire_waits`]).
-    pub fn checkout_now(
-        self: &Arc<Self>,
-        tenant: &Arc<str>,
+        tenant: &TenantRef,
         deadline: Instant,
     ) -> Result<Lease, Pending> {
         match self.try_lease(tenant, deadline) {
@@ -344,11 +387,11 @@ impl Pool {
     }
 
     /// Grants capacity now, or queues the caller.
-    fn try_lease(self: &Arc<Self>, tenant: &Arc<str>, deadline: Instant) -> Result<Lease, Wait> {
+    fn try_lease(self: &Arc<Self>, tenant: &TenantRef, deadline: Instant) -> Result<Lease, Wait> {
         let mut inner = self.lock();
         let here = workers::current();
         if let Some(server) = self.grant(&mut inner, tenant, here) {
-            return Ok(Lease::new(self, Arc::clone(tenant), server));
+            return Ok(Lease::new(self, tenant.clone(), server));
         }
         let id = inner.next_waiter;
         inner.next_waiter += 1;
@@ -365,7 +408,7 @@ impl Pool {
         );
         Err(Wait {
             pool: Arc::clone(self),
-            tenant: Arc::clone(tenant),
+            tenant: tenant.clone(),
             worker: here,
             id,
             rx,
@@ -379,23 +422,23 @@ impl Pool {
     fn grant(
         &self,
         inner: &mut Inner,
-        tenant: &Arc<str>,
+        tenant: &PoolTenant,
         worker: WorkerId,
     ) -> Option<Option<Box<Server>>> {
-        if inner.held.get(tenant).copied().unwrap_or(0) >= inner.sizes.max_tenant_share {
+        if tenant.held() >= inner.sizes.max_tenant_share {
             return None;
         }
         if inner.idle.is_empty() && inner.open() >= inner.sizes.max_size {
             return None;
         }
-        let server = inner.take_idle(tenant, worker);
+        let server = inner.take_idle(&tenant.id, worker);
         inner.hold(tenant);
         Some(server)
     }
 
     /// Returns a lease's capacity: a reusable server goes idle, `None` closes one.
     /// Then serves waiters with whatever became available.
-    fn give_back(self: &Arc<Self>, tenant: &str, server: Option<Box<Server>>) {
+    fn give_back(self: &Arc<Self>, tenant: &PoolTenant, server: Option<Box<Server>>) {
         let mut inner = self.lock();
         inner.unhold(tenant, server);
         if inner.open() > inner.sizes.max_size {
@@ -419,11 +462,7 @@ impl Pool {
             && (!inner.idle.is_empty() || inner.open() < inner.sizes.max_size)
         {
             let share = inner.sizes.max_tenant_share;
-            let held = &inner.held;
-            let Some((tenant, waiter)) = inner
-                .queue
-                .pop(|t| held.get(t).copied().unwrap_or(0) < share, here)
-            else {
+            let Some((tenant, waiter)) = inner.queue.pop(|t| t.held() < share, here) else {
                 return;
             };
             let server = self
@@ -476,7 +515,8 @@ impl Pool {
         if inner.open() >= inner.sizes.min_size || !inner.queue.is_empty() {
             return None;
         }
-        let tenant: Arc<str> = Arc::from("");
+        // Held for no tenant until the server goes idle.
+        let tenant = inner.tenant(&Arc::from(""));
         inner.hold(&tenant);
         Some(Lease::new(self, tenant, None))
     }
@@ -487,14 +527,14 @@ impl Pool {
 /// returns a clean server for reuse.
 pub struct Lease {
     pool: Arc<Pool>,
-    tenant: Arc<str>,
+    tenant: TenantRef,
     server: Option<Box<Server>>,
     live: bool,
 }
 
 impl Lease {
     /// Only called with the pool's counts already updated for this hold.
-    fn new(pool: &Arc<Pool>, tenant: Arc<str>, server: Option<Box<Server>>) -> Lease {
+    fn new(pool: &Arc<Pool>, tenant: TenantRef, server: Option<Box<Server>>) -> Lease {
         Lease {
             pool: Arc::clone(pool),
             tenant,
@@ -534,9 +574,18 @@ impl Lease {
 
     /// Returns the server to the pool. Only for a server at a clean transaction
     /// boundary (`ReadyForQuery('I')` with nothing outstanding).
-    pub fn release(mut self) {
+    pub fn release(self) {
+        self.release_at(Instant::now());
+    }
+
+    /// [`Lease::release`] by a caller that has just read the clock: `now` is
+    /// when the server goes idle.
+    pub fn release_at(mut self, now: Instant) {
         self.live = false;
-        let server = self.server.take();
+        let mut server = self.server.take();
+        if let Some(s) = &mut server {
+            s.idle_since = now;
+        }
         self.pool.give_back(&self.tenant, server);
     }
 }
@@ -555,12 +604,40 @@ impl Drop for Lease {
     }
 }
 
-/// A logged-in client of a pool, for its gauges.
-pub struct PoolMember(Arc<Pool>);
+/// A logged-in client of a pool and tenant: its checkouts, and its count in
+/// the pool's gauges.
+pub struct PoolMember {
+    pool: Arc<Pool>,
+    tenant: TenantRef,
+}
+
+impl PoolMember {
+    pub fn pool(&self) -> &Arc<Pool> {
+        &self.pool
+    }
+
+    /// A ready server, waiting until `deadline` for capacity.
+    ///
+    /// Cancel-safe: dropping the future at any point releases whatever it held.
+    pub async fn checkout(&self, deadline: Instant) -> Result<Lease, CheckoutError> {
+        match self.checkout_now(deadline) {
+            Ok(lease) => Ok(lease),
+            Err(pending) => pending.finish().await,
+        }
+    }
+
+    /// An idle, live server at once, in one lock: the common checkout, kept
+    /// synchronous so it costs no future. Otherwise what is left to do (wait
+    /// for capacity, open a server) as a [`Pending`]. A queued checkout gives
+    /// up at `deadline` ([`Pool::expire_waits`]).
+    pub fn checkout_now(&self, deadline: Instant) -> Result<Lease, Pending> {
+        self.pool.checkout_now(&self.tenant, deadline)
+    }
+}
 
 impl Drop for PoolMember {
     fn drop(&mut self) {
-        self.0.clients.fetch_sub(1, Ordering::Relaxed);
+        self.pool.clients.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -614,7 +691,7 @@ impl Pending {
 /// A queued checkout. Dropping it unserved (timeout, client gone) removes the waiter.
 pub struct Wait {
     pool: Arc<Pool>,
-    tenant: Arc<str>,
+    tenant: TenantRef,
     worker: WorkerId,
     id: u64,
     rx: oneshot::Receiver<Lease>,

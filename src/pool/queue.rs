@@ -20,7 +20,7 @@
 //!   times, then served.
 
 use std::collections::VecDeque;
-use std::sync::Arc;
+use std::hash::Hash;
 use std::time::Instant;
 
 use crate::workers::WorkerId;
@@ -49,10 +49,11 @@ pub struct Waiter<T> {
     pub worker: WorkerId,
 }
 
-pub struct FairQueue<T> {
-    by_tenant: foldhash::HashMap<Arc<str>, TenantQueue<T>>,
+/// Waiters `T` of tenants `K` (the pool's are its [`super::TenantRef`]s).
+pub struct FairQueue<K, T> {
+    by_tenant: foldhash::HashMap<K, TenantQueue<T>>,
     /// Tenants with waiters, in the order they will next be served.
-    order: VecDeque<Arc<str>>,
+    order: VecDeque<K>,
     len: usize,
 }
 
@@ -71,7 +72,7 @@ struct TenantQueue<T> {
     passed: u32,
 }
 
-impl<T> Default for FairQueue<T> {
+impl<K, T> Default for FairQueue<K, T> {
     fn default() -> Self {
         FairQueue {
             by_tenant: Default::default(),
@@ -81,7 +82,7 @@ impl<T> Default for FairQueue<T> {
     }
 }
 
-impl<T> FairQueue<T> {
+impl<K: Clone + Eq + Hash, T> FairQueue<K, T> {
     pub fn len(&self) -> usize {
         self.len
     }
@@ -98,7 +99,7 @@ impl<T> FairQueue<T> {
             .min()
     }
 
-    pub fn push(&mut self, tenant: &Arc<str>, waiter: Waiter<T>) {
+    pub fn push(&mut self, tenant: &K, waiter: Waiter<T>) {
         // A tenant already queued: one lookup, no key to clone.
         let queue = match self.by_tenant.get_mut(tenant) {
             Some(queue) => queue,
@@ -106,16 +107,14 @@ impl<T> FairQueue<T> {
                 let first_served = (self.order.front())
                     .and_then(|t| self.by_tenant.get(t))
                     .map_or(0, |q| q.served);
-                self.order.push_back(Arc::clone(tenant));
-                self.by_tenant
-                    .entry(Arc::clone(tenant))
-                    .or_insert(TenantQueue {
-                        by_worker: Vec::new(),
-                        len: 0,
-                        served: first_served,
-                        skips: 0,
-                        passed: 0,
-                    })
+                self.order.push_back(tenant.clone());
+                self.by_tenant.entry(tenant.clone()).or_insert(TenantQueue {
+                    by_worker: Vec::new(),
+                    len: 0,
+                    served: first_served,
+                    skips: 0,
+                    passed: 0,
+                })
             }
         };
         let lane = usize::from(waiter.worker);
@@ -131,11 +130,7 @@ impl<T> FairQueue<T> {
     /// worker): the next tenant in turn for which `eligible` holds (a tenant
     /// at its share of the pool is passed over, keeping its place), or a
     /// tenant shortly behind it with a waiter on `here` (see the module doc).
-    pub fn pop(
-        &mut self,
-        eligible: impl Fn(&str) -> bool,
-        here: WorkerId,
-    ) -> Option<(Arc<str>, Waiter<T>)> {
+    pub fn pop(&mut self, eligible: impl Fn(&K) -> bool, here: WorkerId) -> Option<(K, Waiter<T>)> {
         let window = self.order.len().min(LOOK_AHEAD + 1);
         // The first eligible tenant: its place and its turns.
         let mut first: Option<(usize, u64)> = None;
@@ -168,7 +163,7 @@ impl<T> FairQueue<T> {
 
     /// Serves tenant `order[i]`; it goes to the back of the turn order if it
     /// has waiters left.
-    fn serve(&mut self, i: usize, here: WorkerId) -> (Arc<str>, Waiter<T>) {
+    fn serve(&mut self, i: usize, here: WorkerId) -> (K, Waiter<T>) {
         let tenant = self.order.remove(i).expect("index within the order");
         let queue = (self.by_tenant.get_mut(&tenant)).expect("tenants in the order have waiters");
         let waiter = queue.take(here);
@@ -178,7 +173,7 @@ impl<T> FairQueue<T> {
         if queue.len == 0 {
             self.by_tenant.remove(&tenant);
         } else {
-            self.order.push_back(Arc::clone(&tenant));
+            self.order.push_back(tenant.clone());
         }
         (tenant, waiter)
     }
@@ -206,7 +201,7 @@ impl<T> FairQueue<T> {
     }
 
     /// Removes a waiter that gave up (client gone).
-    pub fn remove(&mut self, tenant: &str, worker: WorkerId, id: u64) {
+    pub fn remove(&mut self, tenant: &K, worker: WorkerId, id: u64) {
         let Some(queue) = self.by_tenant.get_mut(tenant) else {
             return;
         };
@@ -220,7 +215,7 @@ impl<T> FairQueue<T> {
         }
         if queue.len == 0 {
             self.by_tenant.remove(tenant);
-            self.order.retain(|t| &**t != tenant);
+            self.order.retain(|t| t != tenant);
         }
     }
 }
@@ -252,7 +247,14 @@ impl<T> TenantQueue<T> {
 
 #[cfg(test)]
 mod tests {
+    use std::sync::Arc;
+
     use super::*;
+
+    /// Tenants are plain ids here; the pool's are its tenant handles.
+    fn queue() -> FairQueue<Arc<str>, ()> {
+        FairQueue::default()
+    }
 
     fn on(id: u64, worker: WorkerId) -> Waiter<()> {
         Waiter {
@@ -264,7 +266,7 @@ mod tests {
         }
     }
 
-    fn drain(q: &mut FairQueue<()>, here: WorkerId) -> Vec<(String, u64)> {
+    fn drain(q: &mut FairQueue<Arc<str>, ()>, here: WorkerId) -> Vec<(String, u64)> {
         std::iter::from_fn(|| q.pop(|_| true, here))
             .map(|(t, w)| (t.to_string(), w.id))
             .collect()
@@ -277,7 +279,7 @@ mod tests {
     #[test]
     fn round_robin_between_tenants_fifo_within() {
         let (a, b): (Arc<str>, Arc<str>) = ("a".into(), "b".into());
-        let mut q = FairQueue::default();
+        let mut q = queue();
         for id in 0..3 {
             q.push(&a, on(id, 1));
         }
@@ -298,39 +300,39 @@ mod tests {
     #[test]
     fn an_ineligible_tenant_is_passed_over_and_keeps_its_place() {
         let (a, b, c): (Arc<str>, Arc<str>, Arc<str>) = ("a".into(), "b".into(), "c".into());
-        let mut q = FairQueue::default();
+        let mut q = queue();
         q.push(&a, on(1, 1));
         q.push(&b, on(2, 2));
         q.push(&c, on(3, 2));
-        let (t, _) = q.pop(|t| t != "a", 1).unwrap();
+        let (t, _) = q.pop(|t| &**t != "a", 1).unwrap();
         assert_eq!(&*t, "b");
-        assert!(q.pop(|t| t == "b", 1).is_none());
+        assert!(q.pop(|t| &**t == "b", 1).is_none());
         // Eligible again, `a` is still first in turn.
         assert_eq!(ids(drain(&mut q, 1)), [1, 3]);
     }
 
     #[test]
     fn beyond_the_look_ahead_the_first_eligible_tenant_is_served() {
-        let mut q = FairQueue::default();
+        let mut q = queue();
         for id in 0..LOOK_AHEAD as u64 + 3 {
             q.push(&format!("t{id}").into(), on(id, 2));
         }
         let last = LOOK_AHEAD as u64 + 2;
-        let (t, w) = q.pop(|t| t == format!("t{last}"), 1).unwrap();
+        let (t, w) = q.pop(|t| **t == *format!("t{last}"), 1).unwrap();
         assert_eq!((&*t, w.id), (&*format!("t{last}"), last));
     }
 
     #[test]
     fn removed_waiters_leave_nothing_behind() {
         let a: Arc<str> = "a".into();
-        let mut q = FairQueue::default();
+        let mut q = queue();
         q.push(&a, on(1, 1));
         q.push(&a, on(2, 2));
-        q.remove("a", 1, 1);
-        q.remove("a", 1, 2); // on worker 2, not 1: stays
+        q.remove(&a, 1, 1);
+        q.remove(&a, 1, 2); // on worker 2, not 1: stays
         assert_eq!(q.len(), 1);
-        q.remove("a", 2, 2);
-        q.remove("a", 5, 3);
+        q.remove(&a, 2, 2);
+        q.remove(&a, 5, 3);
         assert!(q.is_empty());
         assert!(q.oldest().is_none());
         assert!(q.pop(|_| true, 1).is_none());
@@ -341,7 +343,7 @@ mod tests {
         // One waiter per tenant, alternating workers, all released on worker
         // 1: a tenant first in turn without a waiter there is skipped once
         // for one a place behind that has, then served.
-        let mut q = FairQueue::default();
+        let mut q = queue();
         for id in 0..6u64 {
             q.push(&format!("t{id}").into(), on(id, 1 + (id % 2) as WorkerId));
         }
@@ -353,7 +355,7 @@ mod tests {
         // The noisy tenant has waiters on both workers; every server comes back
         // on worker 1; the quiet tenant's one waiter is on worker 2.
         let (noisy, quiet): (Arc<str>, Arc<str>) = ("noisy".into(), "quiet".into());
-        let mut q = FairQueue::default();
+        let mut q = queue();
         for id in 0..20 {
             q.push(&noisy, on(id, 1 + (id % 2) as WorkerId));
         }
@@ -366,7 +368,7 @@ mod tests {
     #[test]
     fn within_a_tenant_the_releasing_workers_waiter_goes_first() {
         let a: Arc<str> = "a".into();
-        let mut q = FairQueue::default();
+        let mut q = queue();
         q.push(&a, on(0, 2));
         q.push(&a, on(1, 1));
         q.push(&a, on(2, 1));
@@ -376,7 +378,7 @@ mod tests {
     #[test]
     fn a_tenants_oldest_waiter_is_passed_over_only_so_often() {
         let a: Arc<str> = "a".into();
-        let mut q = FairQueue::default();
+        let mut q = queue();
         let passes = u64::from(MAX_PASSED);
         q.push(&a, on(0, 2));
         for id in 1..=passes + 2 {
@@ -391,7 +393,7 @@ mod tests {
     #[test]
     fn off_the_workers_strict_turns_and_oldest_first() {
         let (a, b): (Arc<str>, Arc<str>) = ("a".into(), "b".into());
-        let mut q = FairQueue::default();
+        let mut q = queue();
         q.push(&a, on(1, 2));
         q.push(&b, on(2, 1));
         q.push(&a, on(3, 1));
@@ -403,7 +405,7 @@ mod tests {
     #[test]
     fn expired_waiters_leave_and_the_rest_keep_their_turns() {
         let (a, b, c): (Arc<str>, Arc<str>, Arc<str>) = ("a".into(), "b".into(), "c".into());
-        let mut q = FairQueue::default();
+        let mut q = queue();
         let now = Instant::now();
         let due = |id, worker, late: bool| Waiter {
             deadline: if late {

@@ -162,7 +162,8 @@ pub async fn login<S: AsyncRead + AsyncWrite + Unpin>(
             .for_tenant(&tenant)
             .expect("every tenant has a pool"),
     );
-    let params = server_params(&pool, &tenant_key, tier.queue_timeout).await?;
+    let member = pool.member(&tenant_key);
+    let params = server_params(&member, tier.queue_timeout).await?;
     let policy = Policy {
         tenant_setting: Arc::clone(&runtime.tenant_setting),
         statement_timeout: tier.statement_timeout,
@@ -183,7 +184,7 @@ pub async fn login<S: AsyncRead + AsyncWrite + Unpin>(
 
     let context = Arc::clone(&runtime.contexts[&tenant.id]);
     let logged_in = LoggedIn {
-        member: pool.member(),
+        member,
         stats: deps.metrics.tenants.stats(&tenant.id),
         tenant_setting: Arc::clone(&runtime.tenant_setting),
         session_mode: credential
@@ -235,14 +236,14 @@ const ADMIN_PARAMS: &[(&str, &str)] = &[
 /// The parameters shown at login come from a real server of the tenant's pool;
 /// the first login on a pool opens one to learn them.
 async fn server_params(
-    pool: &Arc<Pool>,
-    tenant: &Arc<str>,
+    member: &PoolMember,
     wait: std::time::Duration,
 ) -> Result<Arc<Vec<(String, String)>>, ClientError> {
+    let pool = member.pool();
     if let Some(params) = pool.server_params() {
         return Ok(params);
     }
-    match pool.checkout(tenant, Instant::now() + wait).await {
+    match member.checkout(Instant::now() + wait).await {
         Ok(mut lease) => {
             let params = Arc::clone(&lease.server().params);
             lease.release();

@@ -243,7 +243,7 @@ impl<S: ClientStream> Relay<S> {
             .for_tenant(&tenant)
             .expect("every tenant has a pool");
         if !Arc::ptr_eq(pool, &self.session.pool) {
-            self.session.member = pool.member();
+            self.session.member = pool.member(&self.session.tenant_key);
             self.session.pool = Arc::clone(pool);
         }
         self.session.context = Arc::clone(&runtime.contexts[id]);
@@ -331,10 +331,11 @@ impl<S: ClientStream> Relay<S> {
         // connecting, a big state no transaction should carry).
         // The end of a wait is the start of the transaction (no wait: no
         // second clock read).
-        let (checkout, began, waited) = match self.session.pool.checkout_now(
-            &self.session.tenant_key,
-            started + self.session.tier.queue_timeout,
-        ) {
+        let (checkout, began, waited) = match self
+            .session
+            .member
+            .checkout_now(started + self.session.tier.queue_timeout)
+        {
             Ok(lease) => (Ok(lease), started, Duration::ZERO),
             Err(pending) => match Box::pin(self.checkout(pending)).await? {
                 Some(checkout) => {
@@ -438,11 +439,27 @@ impl<S: ClientStream> Relay<S> {
     async fn transaction(&mut self, lease: Lease, began: Instant) -> Result<(), RelayError> {
         let mut w = spares::work();
         let result = self.run_transaction(lease, &mut w).await;
+        // One clock read for the server's idle time and the transaction's.
+        let ended = Instant::now();
+        let result = match result {
+            Ok(Some(lease)) if self.policy.session => {
+                self.held = Some(Box::new(lease));
+                Ok(())
+            }
+            Ok(Some(lease)) => {
+                lease.release_at(ended);
+                Ok(())
+            }
+            Ok(None) => Ok(()),
+            Err(e) => Err(e),
+        };
         let counts = std::mem::take(&mut w.counts);
         spares::give_work(w);
         let metrics = &self.session.pool.metrics;
         metrics.transactions.inc();
-        metrics.transaction_time.observe(began.elapsed());
+        metrics
+            .transaction_time
+            .observe(ended.duration_since(began));
         metrics.queries.add(counts.queries);
         metrics.bytes_received.add(counts.received);
         metrics.bytes_sent.add(counts.sent);
@@ -453,8 +470,14 @@ impl<S: ClientStream> Relay<S> {
     }
 
     /// Context first (only if the server lacks it), in the same write as the
-    /// client's messages; then relay to the boundary.
-    async fn run_transaction(&mut self, mut lease: Lease, w: &mut Work) -> Result<(), RelayError> {
+    /// client's messages; then relay to the boundary. The lease comes back if
+    /// its server ended the transaction clean, to be released or (session
+    /// mode) kept; otherwise it is dropped here, closing the server.
+    async fn run_transaction(
+        &mut self,
+        mut lease: Lease,
+        w: &mut Work,
+    ) -> Result<Option<Lease>, RelayError> {
         let server = lease.server();
         let wanted = Arc::clone(&self.session.context);
         let reset = server.needs_reset;
@@ -516,7 +539,7 @@ impl<S: ClientStream> Relay<S> {
         if !w.sbuf.is_empty() {
             // Bytes after the final ReadyForQuery: not a state we can vouch for.
             w.sbuf.clear();
-            return Ok(());
+            return Ok(None);
         }
         if w.t.discarded {
             self.settings.clone_from(&self.startup_settings);
@@ -525,12 +548,7 @@ impl<S: ClientStream> Relay<S> {
         if w.t.effect.settings {
             self.learn_settings(server, &w.t.effect.custom).await?;
         }
-        if self.policy.session {
-            self.held = Some(Box::new(lease));
-        } else {
-            lease.release();
-        }
-        Ok(())
+        Ok(Some(lease))
     }
 
     /// Reads back the session settings of a server whose client may have changed
