@@ -74,7 +74,7 @@ pub struct Server {
     /// The named statements prepared on it.
     pub statements: ServerStatements,
     /// Session settings its last client left, beyond the tenant context.
-    pub settings: std::collections::BTreeMap<String, String>,
+    pub settings: crate::session::settings::Settings,
     pub idle_since: Instant,
     pub connected_at: std::time::SystemTime,
     /// The worker whose reactor its socket is registered with.

@@ -10,7 +10,7 @@ mod handshake;
 mod io;
 mod login;
 mod relay;
-mod settings;
+pub(crate) mod settings;
 mod spares;
 mod throttle;
 mod tracker;
