@@ -674,10 +674,11 @@ impl Pending {
             Pending::NoServer(lease) => lease,
         };
         let pool = Arc::clone(&lease.pool);
-        // An idle server (if one died, another) can fill this lease, or we
-        // connect anew.
+        let here = workers::current();
+        // An idle server (if one died, another: chosen as a checkout chooses)
+        // can fill this lease, or we connect anew.
         while !lease.settle() {
-            let idle = pool.lock().idle.pop();
+            let idle = pool.lock().take_idle(&lease.tenant.id, here);
             if idle.is_none() {
                 lease.server = Some(pool.connect().await?);
                 break;
@@ -695,7 +696,8 @@ pub struct Wait {
     worker: WorkerId,
     id: u64,
     rx: oneshot::Receiver<Lease>,
-    /// Served: the pool took the waiter off its queue to send the lease.
+    /// Served: the pool took the waiter off its queue, to send it the lease
+    /// or at its deadline.
     served: bool,
 }
 
@@ -703,13 +705,11 @@ impl Wait {
     /// The lease, or the queue timeout: the pool drops a waiter whose
     /// deadline passed (and its channel's sender with it).
     async fn served(mut self) -> Result<Lease, CheckoutError> {
-        match (&mut self.rx).await {
-            Ok(lease) => {
-                self.served = true;
-                Ok(lease)
-            }
-            Err(_) => Err(CheckoutError::QueueTimeout),
-        }
+        let result = (&mut self.rx).await;
+        // Either way the pool took the waiter off its queue: it sent the
+        // lease, or dropped the waiter (and its sender) at its deadline.
+        self.served = true;
+        result.map_err(|_| CheckoutError::QueueTimeout)
     }
 }
 
