@@ -680,7 +680,9 @@ impl Pending {
         while !lease.settle() {
             let idle = pool.lock().take_idle(&lease.tenant.id, here);
             if idle.is_none() {
-                lease.server = Some(pool.connect().await?);
+                // Boxed: a server login is a big state, and this future is
+                // built and moved for every checkout that waits.
+                lease.server = Some(Box::pin(pool.connect()).await?);
                 break;
             }
             lease.server = idle;
