@@ -15,8 +15,8 @@
 //! its own reactor first ([`crate::server::Server::adopt`]).
 //!
 //! Workers have no time driver: tokio's takes a lock and walks its timer
-//! wheel on every park, even with no timer set, about 880 instructions per
-//! transaction (callgrind, 4 clients) for timers that a session sets only
+//! wheel on every park, even with no timer set, about 500–700 instructions
+//! per transaction (callgrind, 4 clients) for timers that a session sets only
 //! while it logs in or connects. Those few timers ([`sleep_until`],
 //! [`timeout`]) run on the runtime that started the workers, and queue
 //! timeouts are swept from there too ([`crate::pool::expire_waits`]).
