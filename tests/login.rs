@@ -8,8 +8,8 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::{
-    APP_PASSWORD, TIERS, code, config, one, pg, server_connections, start, start_file, start_tier,
-    tenants, with_literal_secrets,
+    APP_PASSWORD, Proxy, TIERS, code, config, one, pg, server_connections, start, start_file,
+    start_tier, tenants, with_literal_secrets,
 };
 
 fn with_user(db: &str, user_yaml: &str) -> String {
@@ -171,6 +171,42 @@ async fn tenants_on_two_clusters() {
     assert_eq!(code(&err), "3D000");
 }
 
+/// The test config with tenant `umbrella` moved to an extra cluster `name`
+/// (database `gone`) on `127.0.0.1:port`.
+fn umbrella_on_cluster(db: &str, name: &str, port: u16, connect_timeout: &str) -> String {
+    config(db, TIERS, &tenants("free", "free", "growth", "enterprise"))
+        .replace(
+            "tiers:",
+            &format!(
+                "  {name}:\n    host: 127.0.0.1\n    port: {port}\n    database: gone\n    user: x\n    connect_timeout: {connect_timeout}\n    max_server_connections: 5\ntiers:"
+            ),
+        )
+        .replace(
+            "  umbrella: { tier: free, cluster: main }",
+            &format!("  umbrella: {{ tier: free, cluster: {name} }}"),
+        )
+}
+
+/// The error of a login as `umbrella` that must fail.
+async fn umbrella_login_error(proxy: &Proxy) -> tokio_postgres::Error {
+    match proxy
+        .try_connect("app.umbrella", APP_PASSWORD, "gone")
+        .await
+    {
+        Ok(_) => panic!("the login succeeded"),
+        Err(e) => e,
+    }
+}
+
+/// A failed server connection, reported with the cluster's name.
+fn assert_08001_naming(err: &tokio_postgres::Error, cluster: &str) {
+    assert_eq!(code(err), "08001");
+    assert!(
+        (err.as_db_error().unwrap().message()).contains(&format!("\"{cluster}\"")),
+        "{err}"
+    );
+}
+
 /// A cluster that cannot be reached: the client is told which, and the proxy
 /// keeps serving other clusters.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -181,25 +217,9 @@ async fn unreachable_cluster_gives_08001_naming_it() {
         .local_addr()
         .unwrap()
         .port();
-    let yaml = config(&db, TIERS, &tenants("free", "free", "growth", "enterprise"))
-        .replace(
-            "tiers:",
-            &format!(
-                "  down:\n    host: 127.0.0.1\n    port: {closed_port}\n    database: gone\n    user: x\n    connect_timeout: 1s\n    max_server_connections: 5\ntiers:"
-            ),
-        )
-        .replace("  umbrella: { tier: free, cluster: main }", "  umbrella: { tier: free, cluster: down }");
-    let proxy = start(&yaml).await;
-    let err = proxy
-        .try_connect("app.umbrella", APP_PASSWORD, "gone")
-        .await
-        .err()
-        .unwrap();
-    assert_eq!(code(&err), "08001");
-    assert!(
-        err.as_db_error().unwrap().message().contains("\"down\""),
-        "{err}"
-    );
+    let proxy = start(&umbrella_on_cluster(&db, "down", closed_port, "1s")).await;
+    let err = umbrella_login_error(&proxy).await;
+    assert_08001_naming(&err, "down");
     let acme = proxy.connect("acme", &db).await;
     assert_eq!(one(&acme, "SELECT 1").await, "1");
 }
@@ -213,27 +233,11 @@ async fn a_silent_cluster_fails_the_login_at_connect_timeout() {
     // Never accepted: the kernel completes connections into the backlog.
     let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let port = silent.local_addr().unwrap().port();
-    let yaml = config(&db, TIERS, &tenants("free", "free", "growth", "enterprise"))
-        .replace(
-            "tiers:",
-            &format!(
-                "  silent:\n    host: 127.0.0.1\n    port: {port}\n    database: gone\n    user: x\n    connect_timeout: 300ms\n    max_server_connections: 5\ntiers:"
-            ),
-        )
-        .replace("  umbrella: { tier: free, cluster: main }", "  umbrella: { tier: free, cluster: silent }");
-    let proxy = start(&yaml).await;
+    let proxy = start(&umbrella_on_cluster(&db, "silent", port, "300ms")).await;
     let started = std::time::Instant::now();
-    let err = proxy
-        .try_connect("app.umbrella", APP_PASSWORD, "gone")
-        .await
-        .err()
-        .unwrap();
+    let err = umbrella_login_error(&proxy).await;
     let waited = started.elapsed();
-    assert_eq!(code(&err), "08001");
-    assert!(
-        err.as_db_error().unwrap().message().contains("\"silent\""),
-        "{err}"
-    );
+    assert_08001_naming(&err, "silent");
     assert!(
         waited >= std::time::Duration::from_millis(300)
             && waited < std::time::Duration::from_secs(5),
@@ -258,11 +262,7 @@ async fn a_wrong_cluster_password_gives_08001_naming_it() {
         .await
         .err()
         .unwrap();
-    assert_eq!(code(&err), "08001");
-    assert!(
-        err.as_db_error().unwrap().message().contains("\"main\""),
-        "{err}"
-    );
+    assert_08001_naming(&err, "main");
     let superuser = pg().superuser(&db).await;
     assert_eq!(server_connections(&superuser).await, 0);
     std::fs::write(dir.path().join("proxy.yaml"), with_literal_secrets(&yaml)).unwrap();
