@@ -50,7 +50,6 @@ pub struct LoggedIn {
     pub tenant: Arc<Tenant>,
     pub tier: Arc<Tier>,
     pub tenant_key: Arc<str>,
-    pub pool: Arc<Pool>,
     pub context: Arc<TenantContext>,
     /// The name of the tenant setting (`app.current_tenant`).
     pub tenant_setting: Arc<str>,
@@ -58,9 +57,16 @@ pub struct LoggedIn {
     pub session_mode: bool,
     /// Held for the session's lifetime: counts toward `max_client_connections`.
     pub _client_slot: ClientSlot,
-    /// Counts the client in its pool's gauges.
+    /// Its place in its pool: its checkouts, and its count in the gauges.
     pub member: PoolMember,
     pub stats: Arc<TenantStats>,
+}
+
+impl LoggedIn {
+    /// Where its transactions run.
+    pub fn pool(&self) -> &Arc<Pool> {
+        self.member.pool()
+    }
 }
 
 /// Who logged in: a tenant's client, or an operator on the admin console.
@@ -193,7 +199,6 @@ pub async fn login<S: AsyncRead + AsyncWrite + Unpin>(
             .unwrap_or(tier.pool_mode)
             == PoolMode::Session,
         tenant_key,
-        pool,
         context,
         _client_slot: client_slot,
         tenant,

@@ -162,11 +162,11 @@ impl<S: ClientStream> Relay<S> {
             Err(RelayError::Client(SessionIoError::Frame(e))) => {
                 Some(ClientError::protocol_violation(e))
             }
-            Err(RelayError::ServerLost(_)) => {
-                Some(ClientError::server_lost(&self.session.pool.cluster().name))
-            }
+            Err(RelayError::ServerLost(_)) => Some(ClientError::server_lost(
+                &self.session.pool().cluster().name,
+            )),
             Err(RelayError::ContextFailed(_)) => Some(ClientError::context_failed(
-                &self.session.pool.cluster().name,
+                &self.session.pool().cluster().name,
             )),
             _ => None,
         };
@@ -242,9 +242,8 @@ impl<S: ClientStream> Relay<S> {
             .pools
             .for_tenant(&tenant)
             .expect("every tenant has a pool");
-        if !Arc::ptr_eq(pool, &self.session.pool) {
+        if !Arc::ptr_eq(pool, self.session.pool()) {
             self.session.member = pool.member(&self.session.tenant_key);
-            self.session.pool = Arc::clone(pool);
         }
         self.session.context = Arc::clone(&runtime.contexts[id]);
         self.policy.statement_timeout = tier.statement_timeout;
@@ -281,7 +280,7 @@ impl<S: ClientStream> Relay<S> {
     }
 
     fn count_error(&self, sqlstate: &[u8]) {
-        self.session.pool.metrics.error(sqlstate);
+        self.session.pool().metrics.error(sqlstate);
         self.session.stats.errors.inc();
     }
 
@@ -348,7 +347,7 @@ impl<S: ClientStream> Relay<S> {
         let entry = &self.registered.entry;
         match checkout {
             Ok(mut lease) => {
-                self.session.pool.metrics.queue_wait.observe(waited);
+                self.session.pool().metrics.queue_wait.observe(waited);
                 self.session
                     .stats
                     .queue_wait_micros
@@ -364,14 +363,14 @@ impl<S: ClientStream> Relay<S> {
             }
             Err(CheckoutError::QueueTimeout) => {
                 entry.set_state(ClientState::Idle);
-                self.session.pool.metrics.queue_timeouts.inc();
-                let label = self.session.pool.identity.label.clone();
+                self.session.pool().metrics.queue_timeouts.inc();
+                let label = self.session.pool().identity.label.clone();
                 let err = ClientError::queue_timeout(&label, waited.as_millis());
                 self.refuse_request(err).await?;
             }
             Err(CheckoutError::Connect(e)) => {
                 entry.set_state(ClientState::Idle);
-                let cluster = self.session.pool.cluster();
+                let cluster = self.session.pool().cluster();
                 tracing::warn!(cluster = %cluster.name, error = %e, "server connect failed");
                 let err = ClientError::server_connect_failed(&cluster.name);
                 self.refuse_request(err).await?;
@@ -455,7 +454,7 @@ impl<S: ClientStream> Relay<S> {
         };
         let counts = std::mem::take(&mut w.counts);
         spares::give_work(w);
-        let metrics = &self.session.pool.metrics;
+        let metrics = &self.session.pool().metrics;
         metrics.transactions.inc();
         metrics
             .transaction_time
@@ -486,7 +485,7 @@ impl<S: ClientStream> Relay<S> {
         let send_context = switch.replies > 0;
         w.out.clear();
         if send_context {
-            self.session.pool.metrics.context_switches.inc();
+            self.session.pool().metrics.context_switches.inc();
             // Context and the client's first messages go out in one write.
             if reset {
                 w.out.extend_from_slice(context::RESET);
