@@ -110,6 +110,42 @@ async fn multi_statement_simple_query() {
     );
 }
 
+/// A query and a result many times a socket buffer's size: both are read and
+/// written in many pieces (the first ones past the reactor, the rest through
+/// it), and arrive whole and in order; the session goes on after them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn messages_larger_than_socket_buffers_arrive_whole() {
+    let (proxy, db) = proxy_and_db("big").await;
+    let client = proxy.connect("acme", &db).await;
+    let pattern = "0123456789";
+    let times = 600_000;
+    let literal = pattern.repeat(times);
+    let checked = client
+        .simple_query(&format!(
+            "SELECT length(s), s = repeat('{pattern}', {times}) FROM (SELECT '{literal}'::text AS s) t"
+        ))
+        .await
+        .unwrap();
+    let row = checked
+        .iter()
+        .find_map(|m| match m {
+            tokio_postgres::SimpleQueryMessage::Row(r) => Some(r),
+            _ => None,
+        })
+        .expect("a row");
+    assert_eq!(
+        row.get(0),
+        Some((pattern.len() * times).to_string().as_str())
+    );
+    assert_eq!(row.get(1), Some("t"), "the query text arrived unchanged");
+    let value = one(&client, &format!("SELECT repeat('{pattern}', {times})")).await;
+    assert!(value == literal, "the result arrived unchanged");
+    assert_eq!(
+        one(&client, "SELECT current_setting('app.current_tenant')").await,
+        "acme"
+    );
+}
+
 /// COPY FROM is refused by PostgreSQL on RLS tables, so COPY IN goes into the
 /// schema-per-tenant tenant's table; COPY OUT also reads through RLS.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -9,6 +9,8 @@ use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, Interest, ReadBuf};
 use tokio::net::{TcpStream, UnixStream};
 use tokio_rustls::client::TlsStream;
 
+use crate::session::io::write_now;
+
 pub enum ServerStream {
     Plain(TcpStream),
     Tls(Box<TlsStream<TlsSocket>>),
@@ -72,8 +74,18 @@ impl ServerStream {
 
     /// Writes all of `bytes` and flushes: TLS may keep the tail of a write
     /// buffered when the socket is full. On plain TCP the flush is a no-op.
+    /// A plain socket first tries a non-blocking write (see
+    /// [`crate::session::io::write_now`]).
     pub async fn send(&mut self, bytes: &[u8]) -> io::Result<()> {
-        self.write_all(bytes).await?;
+        let done = match self {
+            ServerStream::Plain(s) => write_now(s.try_write(bytes))?,
+            ServerStream::Unix(s) => write_now(s.try_write(bytes))?,
+            ServerStream::Tls(_) => 0,
+        };
+        if done == bytes.len() {
+            return Ok(());
+        }
+        self.write_all(&bytes[done..]).await?;
         self.flush().await
     }
 }

@@ -7,7 +7,7 @@ mod admin;
 pub mod cancel;
 pub mod control;
 mod handshake;
-mod io;
+pub(crate) mod io;
 mod login;
 mod relay;
 pub(crate) mod settings;

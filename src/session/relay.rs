@@ -15,7 +15,10 @@ use tokio::io::AsyncReadExt;
 use super::Deps;
 use super::cancel::CancelGuard;
 use super::control::{ClientState, Registered};
-use super::io::{ClientStream, SessionIoError, close_with_error, fill_message, send, send_error};
+use super::io::{
+    ClientStream, SessionIoError, close_with_error, fill_message, send_client, send_error,
+    whole_message,
+};
 use super::login::LoggedIn;
 use super::settings::{self, Settings};
 use super::spares::{self, Work};
@@ -195,6 +198,11 @@ impl<S: ClientStream> Relay<S> {
                 }
             }
             spares::take(&mut self.cbuf);
+            // Mostly the whole request is there at once: no futures to set up.
+            self.client.read_now(&mut self.cbuf).map_err(client_io)?;
+            if let Some(message) = whole_message(&self.cbuf, self.max_message)? {
+                return Ok(Some(message));
+            }
             tokio::select! {
                 biased;
                 message = fill_message(&mut self.client, &mut self.cbuf, self.max_message) => {
@@ -404,7 +412,7 @@ impl<S: ClientStream> Relay<S> {
     async fn ready_for_query(&mut self) -> Result<(), RelayError> {
         let mut buf = BytesMut::new();
         build::ready_for_query(&mut buf, TxStatus::Idle);
-        send(&mut self.client, &buf).await.map_err(client_io)
+        send_client(&mut self.client, &buf).await.map_err(client_io)
     }
 
     /// Fails the client's next request without a server, as PostgreSQL fails a
@@ -604,7 +612,9 @@ impl<S: ClientStream> Relay<S> {
         w.cout.clear();
         w.t.due_fakes(&mut w.cout);
         if !w.cout.is_empty() {
-            send(&mut self.client, &w.cout).await.map_err(client_io)?;
+            send_client(&mut self.client, &w.cout)
+                .await
+                .map_err(client_io)?;
         }
         Ok(terminated)
     }
@@ -696,11 +706,13 @@ impl<S: ClientStream> Relay<S> {
             w.cout.extend_from_slice(&buf[run..consumed]);
             w.counts.sent += w.cout.len() as u64;
             if !w.cout.is_empty() {
-                send(&mut self.client, &w.cout).await.map_err(client_io)?;
+                send_client(&mut self.client, &w.cout)
+                    .await
+                    .map_err(client_io)?;
             }
         } else if consumed > 0 {
             w.counts.sent += consumed as u64;
-            send(&mut self.client, &buf[..consumed])
+            send_client(&mut self.client, &buf[..consumed])
                 .await
                 .map_err(client_io)?;
         }
