@@ -18,14 +18,89 @@ fn with_ops(yaml: &str) -> String {
 }
 
 fn growth_pool(proxy: &Proxy) -> pgtenant::pool::PoolStats {
+    pool_stats(proxy, "growth")
+}
+
+fn pool_stats(proxy: &Proxy, label: &str) -> pgtenant::pool::PoolStats {
     let runtime = proxy.deps.runtime.load_full();
     let pool = runtime
         .pools
         .iter()
-        .find(|(_, p)| p.identity.label == "growth")
+        .find(|(_, p)| p.identity.label == label)
         .map(|(_, p)| std::sync::Arc::clone(p))
-        .expect("growth pool");
+        .unwrap_or_else(|| panic!("{label} pool"));
     pool.stats()
+}
+
+/// A reload that moves a tenant to another tier: each client moves at its next
+/// transaction, and `max_tenant_share` counts per pool. A transaction still
+/// running on the old pool does not count against the new one, and it gives
+/// its server back to the old pool when it ends; in the new pool the tenant
+/// holds at most the new tier's share, and its next client waits for one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tenant_moved_to_another_tier_is_counted_against_the_new_pools_share() {
+    let db = pg().database("reload_share");
+    let yaml = with_literal_secrets(&config(
+        &db,
+        TIERS,
+        &tenants("free", "free", "growth", "enterprise"),
+    ));
+    let (proxy, dir) = start_file(&yaml).await;
+    let (a1, a2, a3) = (
+        proxy.connect("acme", &db).await,
+        proxy.connect("acme", &db).await,
+        std::sync::Arc::new(proxy.connect("acme", &db).await),
+    );
+    a1.simple_query("BEGIN; SELECT 1").await.unwrap();
+    assert_eq!(pool_stats(&proxy, "free").active(), 1);
+    let moved = yaml.replace("acme:     { tier: free,", "acme:     { tier: growth,");
+    assert_ne!(moved, yaml);
+    std::fs::write(dir.path().join("proxy.yaml"), &moved).unwrap();
+    proxy
+        .deps
+        .reload("test")
+        .await
+        .expect("a valid file reloads");
+
+    // growth: max_tenant_share 2, whatever acme still holds in free.
+    a2.simple_query("BEGIN; SELECT 1").await.unwrap();
+    a3.simple_query("BEGIN; SELECT 1").await.unwrap();
+    assert_eq!(pool_stats(&proxy, "growth").active(), 2);
+    assert_eq!(
+        one(&a1, "SELECT current_setting('app.current_tenant')").await,
+        "acme",
+        "the open transaction goes on where it began"
+    );
+    a1.simple_query("COMMIT").await.unwrap();
+    let until = Instant::now() + Duration::from_secs(2);
+    while pool_stats(&proxy, "free").active() != 0 && Instant::now() < until {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(
+        pool_stats(&proxy, "free").active(),
+        0,
+        "the old pool got its server back"
+    );
+
+    // acme's third transaction in growth waits for one of its two to end.
+    let waiting = tokio::spawn(async move { one(&a1, "SHOW work_mem").await });
+    let until = Instant::now() + Duration::from_secs(2);
+    while pool_stats(&proxy, "growth").waiting != 1 && Instant::now() < until {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(
+        pool_stats(&proxy, "growth").waiting,
+        1,
+        "over the share, it queues"
+    );
+    assert!(!waiting.is_finished());
+    a3.simple_query("COMMIT").await.unwrap();
+    let work_mem = tokio::time::timeout(Duration::from_secs(5), waiting)
+        .await
+        .expect("served once acme is under its share")
+        .unwrap();
+    assert_eq!(work_mem, "8MB", "it ran with the growth tier's settings");
+    a2.simple_query("COMMIT").await.unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
