@@ -98,7 +98,7 @@ impl Iterator for Frames<'_> {
 
 /// Reads a NUL-terminated string at the start of `buf`; returns it and the rest.
 pub fn read_cstr(buf: &[u8]) -> Option<(&[u8], &[u8])> {
-    let nul = buf.iter().position(|&b| b == 0)?;
+    let nul = memchr::memchr(0, buf)?;
     Some((&buf[..nul], &buf[nul + 1..]))
 }
 
