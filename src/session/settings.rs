@@ -7,6 +7,8 @@
 //! tenant context, in the same write), so a client sees only its own values and
 //! never another client's.
 
+use std::sync::Arc;
+
 use postgres_protocol::escape::escape_literal;
 
 use crate::config::values::is_setting_name;
@@ -17,20 +19,43 @@ use crate::tenant::guard::{Policy, parse_timeout, protected};
 /// vector sorted by name. A client has a handful of settings, and every
 /// checkout compares its settings with its server's: two short vectors compare
 /// in a few dozen instructions, two B-trees in about 120.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Settings(Vec<(String, String)>);
+///
+/// Shared, copied on write: a client's settings, the startup settings it goes
+/// back to on `DISCARD ALL` and what its server is known to carry are mostly
+/// the same, so each idle client keeps one copy, and recording them on a
+/// server is a reference count, not a copy of every string. Empty is `None`:
+/// a client without settings allocates nothing.
+#[derive(Debug, Clone, Default)]
+pub struct Settings(Option<Arc<Vec<(String, String)>>>);
+
+impl PartialEq for Settings {
+    fn eq(&self, other: &Settings) -> bool {
+        self.pairs() == other.pairs()
+    }
+}
+
+impl Eq for Settings {}
 
 impl Settings {
     pub fn new() -> Settings {
         Settings::default()
     }
 
+    fn pairs(&self) -> &[(String, String)] {
+        self.0.as_deref().map_or(&[], Vec::as_slice)
+    }
+
+    /// The pairs to change, copied first if another holder shares them.
+    fn pairs_mut(&mut self) -> &mut Vec<(String, String)> {
+        Arc::make_mut(self.0.get_or_insert_default())
+    }
+
     fn find(&self, name: &str) -> Result<usize, usize> {
-        self.0.binary_search_by(|(n, _)| n.as_str().cmp(name))
+        self.pairs().binary_search_by(|(n, _)| n.as_str().cmp(name))
     }
 
     pub fn get(&self, name: &str) -> Option<&String> {
-        self.find(name).ok().map(|i| &self.0[i].1)
+        self.find(name).ok().map(|i| &self.pairs()[i].1)
     }
 
     pub fn contains_key(&self, name: &str) -> bool {
@@ -40,27 +65,32 @@ impl Settings {
     /// Sets `name` to `value`, replacing what it had.
     pub fn insert(&mut self, name: String, value: String) {
         match self.find(&name) {
-            Ok(i) => self.0[i].1 = value,
-            Err(i) => self.0.insert(i, (name, value)),
+            Ok(i) if self.pairs()[i].1 == value => {}
+            Ok(i) => self.pairs_mut()[i].1 = value,
+            Err(i) => self.pairs_mut().insert(i, (name, value)),
         }
     }
 
     pub fn remove(&mut self, name: &str) {
         if let Ok(i) = self.find(name) {
-            self.0.remove(i);
+            let pairs = self.pairs_mut();
+            pairs.remove(i);
+            if pairs.is_empty() {
+                self.0 = None;
+            }
         }
     }
 
     pub fn clear(&mut self) {
-        self.0.clear();
+        self.0 = None;
     }
 
     pub fn keys(&self) -> impl Iterator<Item = &String> {
-        self.0.iter().map(|(n, _)| n)
+        self.pairs().iter().map(|(n, _)| n)
     }
 
     pub fn iter(&self) -> impl Iterator<Item = (&String, &String)> {
-        self.0.iter().map(|(n, v)| (n, v))
+        self.pairs().iter().map(|(n, v)| (n, v))
     }
 }
 
@@ -242,6 +272,44 @@ pub fn learned(rows: Vec<Vec<Option<String>>>, tenant_setting: &str) -> Settings
 mod tests {
     use super::*;
     use std::time::Duration;
+
+    #[test]
+    fn copies_share_until_one_changes() {
+        let pair = |n: &str, v: &str| (n.to_owned(), v.to_owned());
+        let startup: Settings = [pair("application_name", "a"), pair("datestyle", "ISO")]
+            .into_iter()
+            .collect();
+        let mut client = startup.clone();
+        let server = client.clone();
+        assert!(Arc::ptr_eq(
+            client.0.as_ref().unwrap(),
+            startup.0.as_ref().unwrap()
+        ));
+        // Setting a value a setting already has copies nothing.
+        client.insert("datestyle".into(), "ISO".into());
+        assert!(Arc::ptr_eq(
+            client.0.as_ref().unwrap(),
+            server.0.as_ref().unwrap()
+        ));
+        client.insert("datestyle".into(), "German".into());
+        assert_eq!(client.get("datestyle").unwrap(), "German");
+        assert_eq!(
+            startup.get("datestyle").unwrap(),
+            "ISO",
+            "the others keep theirs"
+        );
+        assert_eq!(server, startup);
+        assert_ne!(client, startup);
+        // Emptied by removal or cleared: equal to a client that never had any.
+        client.remove("datestyle");
+        client.remove("application_name");
+        assert_eq!(client, Settings::new());
+        assert!(client.0.is_none(), "an empty set holds no allocation");
+        let mut cleared = startup.clone();
+        cleared.clear();
+        assert_eq!(cleared, client);
+        assert_eq!(startup.keys().count(), 2);
+    }
 
     fn policy() -> Policy {
         Policy {
