@@ -66,6 +66,22 @@ async fn a_tenant_moved_to_another_tier_is_counted_against_the_new_pools_share()
     a2.simple_query("BEGIN; SELECT 1").await.unwrap();
     a3.simple_query("BEGIN; SELECT 1").await.unwrap();
     assert_eq!(pool_stats(&proxy, "growth").active(), 2);
+    let tiers = |proxy: &Proxy| {
+        let mut tiers: Vec<String> = proxy
+            .deps
+            .control
+            .clients()
+            .iter()
+            .map(|c| c.tier())
+            .collect();
+        tiers.sort();
+        tiers
+    };
+    assert_eq!(
+        tiers(&proxy),
+        ["free", "growth", "growth"],
+        "SHOW CLIENTS follows each client to its new tier"
+    );
     assert_eq!(
         one(&a1, "SELECT current_setting('app.current_tenant')").await,
         "acme",
@@ -93,6 +109,7 @@ async fn a_tenant_moved_to_another_tier_is_counted_against_the_new_pools_share()
         1,
         "over the share, it queues"
     );
+    assert_eq!(tiers(&proxy), ["growth", "growth", "growth"]);
     assert!(!waiting.is_finished());
     a3.simple_query("COMMIT").await.unwrap();
     let work_mem = tokio::time::timeout(Duration::from_secs(5), waiting)

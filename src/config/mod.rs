@@ -192,6 +192,24 @@ pub struct Tier {
     pub pool_mode: PoolMode,
 }
 
+#[cfg(test)]
+impl Tier {
+    /// A tier of one server with no limits set, for unit tests.
+    pub(crate) fn named(name: &str) -> Tier {
+        Tier {
+            name: name.into(),
+            pool_size: 1,
+            min_pool_size: 0,
+            max_tenant_share: 1,
+            statement_timeout: None,
+            queue_timeout: Duration::from_secs(1),
+            max_client_connections: 1,
+            settings: Vec::new(),
+            pool_mode: Default::default(),
+        }
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct Tenant {
     pub id: String,

@@ -15,6 +15,8 @@ use std::time::{Duration, Instant, SystemTime};
 use futures_util::task::AtomicWaker;
 use tokio::task::AbortHandle;
 
+use crate::config::Tier;
+
 /// Where a pause applies.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Target {
@@ -215,7 +217,7 @@ pub struct ClientEntry {
     pub tls: bool,
     pub connected_at: SystemTime,
     /// The tenant and its tier (a reload may move the tenant to another tier).
-    placement: Mutex<(Arc<str>, String)>,
+    placement: Mutex<(Arc<str>, Arc<Tier>)>,
     state: AtomicU8,
     /// When its current or last request began, in microseconds after
     /// [`CLOCK_BASE`] (0: none yet). Kept from the relay's own `Instant`, so
@@ -292,7 +294,7 @@ impl ClientEntry {
         user: &str,
         database: &str,
         tenant: Arc<str>,
-        tier: &str,
+        tier: Arc<Tier>,
         addr: SocketAddr,
         tls: bool,
         application_name: &str,
@@ -304,7 +306,7 @@ impl ClientEntry {
             addr,
             tls,
             connected_at: SystemTime::now(),
-            placement: Mutex::new((tenant, tier.to_owned())),
+            placement: Mutex::new((tenant, tier)),
             state: AtomicU8::new(ClientState::Idle as u8),
             request_at: AtomicU64::new(0),
             server: AtomicU64::new(0),
@@ -315,7 +317,7 @@ impl ClientEntry {
         }
     }
 
-    fn lock_placement(&self) -> std::sync::MutexGuard<'_, (Arc<str>, String)> {
+    fn lock_placement(&self) -> std::sync::MutexGuard<'_, (Arc<str>, Arc<Tier>)> {
         self.placement.lock().unwrap_or_else(|p| p.into_inner())
     }
 
@@ -324,11 +326,11 @@ impl ClientEntry {
     }
 
     pub fn tier(&self) -> String {
-        self.lock_placement().1.clone()
+        self.lock_placement().1.name.clone()
     }
 
-    pub fn set_tier(&self, tier: &str) {
-        self.lock_placement().1 = tier.to_owned();
+    pub fn set_tier(&self, tier: &Arc<Tier>) {
+        self.lock_placement().1 = Arc::clone(tier);
     }
 
     pub fn state(&self) -> ClientState {
@@ -444,7 +446,7 @@ mod tests {
             "u",
             "db",
             Arc::from("acme"),
-            "free",
+            Arc::new(Tier::named("free")),
             "127.0.0.1:1".parse().unwrap(),
             false,
             "",

@@ -385,7 +385,7 @@ async fn session<S: ClientStream>(
         startup.user(),
         startup.database(),
         Arc::clone(&client.tenant_key),
-        &client.tier.name,
+        Arc::clone(&client.tier),
         peer,
         tls,
         startup.get("application_name").unwrap_or(""),

@@ -255,7 +255,7 @@ impl<S: ClientStream> Relay<S> {
         }
         self.session.context = Arc::clone(&runtime.contexts[id]);
         self.policy.statement_timeout = tier.statement_timeout;
-        self.registered.entry.set_tier(&tier.name);
+        self.registered.entry.set_tier(&tier);
         self.session.tier = tier;
         self.session.tenant = tenant;
         Ok(())
