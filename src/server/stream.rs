@@ -5,11 +5,11 @@ use std::io;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
-use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, Interest, ReadBuf};
+use tokio::io::{AsyncRead, AsyncWrite, Interest, ReadBuf};
 use tokio::net::{TcpStream, UnixStream};
 use tokio_rustls::client::TlsStream;
 
-use crate::session::io::write_now;
+use crate::session::io::{WriteNow, send_now, zero_if_blocked};
 
 pub enum ServerStream {
     Plain(TcpStream),
@@ -73,20 +73,20 @@ impl ServerStream {
     }
 
     /// Writes all of `bytes` and flushes: TLS may keep the tail of a write
-    /// buffered when the socket is full. On plain TCP the flush is a no-op.
-    /// A plain socket first tries a non-blocking write (see
-    /// [`crate::session::io::write_now`]).
+    /// buffered when the socket is full. A plain socket first tries one
+    /// non-blocking write ([`WriteNow`]).
     pub async fn send(&mut self, bytes: &[u8]) -> io::Result<()> {
-        let done = match self {
-            ServerStream::Plain(s) => write_now(s.try_write(bytes))?,
-            ServerStream::Unix(s) => write_now(s.try_write(bytes))?,
-            ServerStream::Tls(_) => 0,
-        };
-        if done == bytes.len() {
-            return Ok(());
+        send_now(self, bytes).await
+    }
+}
+
+impl WriteNow for ServerStream {
+    fn write_now(&self, bytes: &[u8]) -> io::Result<usize> {
+        match self {
+            ServerStream::Plain(s) => zero_if_blocked(s.try_write(bytes)),
+            ServerStream::Unix(s) => zero_if_blocked(s.try_write(bytes)),
+            ServerStream::Tls(_) => Ok(0),
         }
-        self.write_all(&bytes[done..]).await?;
-        self.flush().await
     }
 }
 

@@ -11,17 +11,23 @@ use crate::error::ClientError;
 use crate::protocol::frame::{FrameError, HEADER_LEN, peek_header};
 use crate::workers;
 
+/// A socket that can take a write at once, past the reactor: a reply that
+/// fits the socket's send buffer (nearly all of them) goes out in one `send`
+/// without tokio's readiness bookkeeping, about 300 instructions a
+/// transaction. TLS never can (`0`): rustls must see every byte.
+pub trait WriteNow {
+    /// How much of `bytes` the socket took; `0` when it would block.
+    fn write_now(&self, bytes: &[u8]) -> std::io::Result<usize>;
+}
+
 /// A client connection the relay can wait on without a buffer.
-pub trait ClientStream: AsyncRead + AsyncWrite + Unpin + Send {
+pub trait ClientStream: AsyncRead + AsyncWrite + WriteNow + Unpin + Send {
     /// Ready when a read may return something (or EOF). An idle session waits
     /// here holding no buffer, and takes one only when its client speaks.
     fn poll_read_ready(&self, cx: &mut Context<'_>) -> Poll<std::io::Result<()>>;
 
-    /// Writes what the socket takes now, past the reactor: see [`write_now`].
-    fn write_now(&self, bytes: &[u8]) -> std::io::Result<usize>;
-
     /// Reads what has arrived into `buf`'s spare room, past the reactor, as
-    /// [`write_now`] writes. `0` also at EOF: the async read that follows
+    /// [`WriteNow`] writes. `0` also at EOF: the async read that follows
     /// reports it.
     fn read_now(&self, buf: &mut BytesMut) -> std::io::Result<usize>;
 }
@@ -29,10 +35,6 @@ pub trait ClientStream: AsyncRead + AsyncWrite + Unpin + Send {
 impl ClientStream for TcpStream {
     fn poll_read_ready(&self, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
         TcpStream::poll_read_ready(self, cx)
-    }
-
-    fn write_now(&self, bytes: &[u8]) -> std::io::Result<usize> {
-        write_now(self.try_write(bytes))
     }
 
     fn read_now(&self, buf: &mut BytesMut) -> std::io::Result<usize> {
@@ -49,7 +51,16 @@ impl ClientStream for TcpStream {
                 Ok(())
             }
         });
-        write_now(tried.map(|()| got)).map(|_| got)
+        match tried {
+            Err(e) if e.kind() != std::io::ErrorKind::WouldBlock => Err(e),
+            _ => Ok(got),
+        }
+    }
+}
+
+impl WriteNow for TcpStream {
+    fn write_now(&self, bytes: &[u8]) -> std::io::Result<usize> {
+        zero_if_blocked(self.try_write(bytes))
     }
 }
 
@@ -60,20 +71,19 @@ impl ClientStream for Box<TlsStream<TcpStream>> {
         Poll::Ready(Ok(()))
     }
 
-    fn write_now(&self, _: &[u8]) -> std::io::Result<usize> {
-        Ok(0)
-    }
-
     fn read_now(&self, _: &mut BytesMut) -> std::io::Result<usize> {
         Ok(0)
     }
 }
 
-/// The result of a non-blocking write (or read) tried before the async one: a reply
-/// that fits the socket's send buffer (nearly all of them) goes out in one
-/// `send` without tokio's readiness bookkeeping, about 300 instructions a
-/// transaction. `0` when it would block: the async write takes over.
-pub fn write_now(tried: std::io::Result<usize>) -> std::io::Result<usize> {
+impl WriteNow for Box<TlsStream<TcpStream>> {
+    fn write_now(&self, _: &[u8]) -> std::io::Result<usize> {
+        Ok(0)
+    }
+}
+
+/// A non-blocking try's count, `0` when it would block (the async path takes over).
+pub fn zero_if_blocked(tried: std::io::Result<usize>) -> std::io::Result<usize> {
     match tried {
         Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => Ok(0),
         other => other,
@@ -129,8 +139,11 @@ pub async fn send<S: AsyncWrite + Unpin>(stream: &mut S, bytes: &[u8]) -> std::i
     stream.flush().await
 }
 
-/// [`send`] to a client, trying [`ClientStream::write_now`] first.
-pub async fn send_client<S: ClientStream>(stream: &mut S, bytes: &[u8]) -> std::io::Result<()> {
+/// [`send`], trying [`WriteNow::write_now`] first.
+pub async fn send_now<S: AsyncWrite + WriteNow + Unpin>(
+    stream: &mut S,
+    bytes: &[u8],
+) -> std::io::Result<()> {
     let done = stream.write_now(bytes)?;
     if done == bytes.len() {
         return Ok(());

@@ -16,7 +16,7 @@ use super::Deps;
 use super::cancel::CancelGuard;
 use super::control::{ClientState, Registered};
 use super::io::{
-    ClientStream, SessionIoError, close_with_error, fill_message, send_client, send_error,
+    ClientStream, SessionIoError, close_with_error, fill_message, send_error, send_now,
     whole_message,
 };
 use super::login::LoggedIn;
@@ -412,7 +412,7 @@ impl<S: ClientStream> Relay<S> {
     async fn ready_for_query(&mut self) -> Result<(), RelayError> {
         let mut buf = BytesMut::new();
         build::ready_for_query(&mut buf, TxStatus::Idle);
-        send_client(&mut self.client, &buf).await.map_err(client_io)
+        send_now(&mut self.client, &buf).await.map_err(client_io)
     }
 
     /// Fails the client's next request without a server, as PostgreSQL fails a
@@ -612,7 +612,7 @@ impl<S: ClientStream> Relay<S> {
         w.cout.clear();
         w.t.due_fakes(&mut w.cout);
         if !w.cout.is_empty() {
-            send_client(&mut self.client, &w.cout)
+            send_now(&mut self.client, &w.cout)
                 .await
                 .map_err(client_io)?;
         }
@@ -706,13 +706,13 @@ impl<S: ClientStream> Relay<S> {
             w.cout.extend_from_slice(&buf[run..consumed]);
             w.counts.sent += w.cout.len() as u64;
             if !w.cout.is_empty() {
-                send_client(&mut self.client, &w.cout)
+                send_now(&mut self.client, &w.cout)
                     .await
                     .map_err(client_io)?;
             }
         } else if consumed > 0 {
             w.counts.sent += consumed as u64;
-            send_client(&mut self.client, &buf[..consumed])
+            send_now(&mut self.client, &buf[..consumed])
                 .await
                 .map_err(client_io)?;
         }
