@@ -40,11 +40,7 @@ fn pool_stats(proxy: &Proxy, label: &str) -> pgtenant::pool::PoolStats {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_tenant_moved_to_another_tier_is_counted_against_the_new_pools_share() {
     let db = pg().database("reload_share");
-    let yaml = with_literal_secrets(&config(
-        &db,
-        TIERS,
-        &tenants("free", "free", "growth", "enterprise"),
-    ));
+    let yaml = with_literal_secrets(&demo_config(&db));
     let (proxy, dir) = start_file(&yaml).await;
     let (a1, a2, a3) = (
         proxy.connect("acme", &db).await,
@@ -123,11 +119,7 @@ async fn a_tenant_moved_to_another_tier_is_counted_against_the_new_pools_share()
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reload_applies_a_valid_file_as_a_diff_and_refuses_an_invalid_one() {
     let db = pg().database("reload");
-    let yaml = with_literal_secrets(&with_ops(&config(
-        &db,
-        TIERS,
-        &tenants("free", "free", "growth", "enterprise"),
-    )));
+    let yaml = with_literal_secrets(&with_ops(&demo_config(&db)));
     let (proxy, dir) = start_file(&yaml).await;
     let path = dir.path().join("proxy.yaml");
     let acme = proxy.connect("acme", &db).await;
@@ -344,7 +336,7 @@ async fn twenty_reloads_during_pgbench_fail_no_transaction() {
 
 /// A config for the binary with a given `shutdown_timeout`.
 fn binary_config(db: &str, shutdown: &str) -> (tempfile::TempDir, std::path::PathBuf) {
-    let yaml = config(db, TIERS, &tenants("free", "free", "growth", "enterprise"))
+    let yaml = demo_config(db)
         + &format!("\nmetrics: {{ listen: \"127.0.0.1:0\" }}\nshutdown_timeout: {shutdown}\n");
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("proxy.yaml");
@@ -436,11 +428,7 @@ async fn sigterm_gives_up_after_shutdown_timeout_and_sigint_exits_at_once() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn json_logs_carry_an_audit_trail_without_secrets() {
     let db = pg().database("audit");
-    let yaml = with_ops(&config(
-        &db,
-        TIERS,
-        &tenants("free", "free", "growth", "enterprise"),
-    )) + "log_format: json\n";
+    let yaml = with_ops(&demo_config(&db)) + "log_format: json\n";
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("proxy.yaml");
     write(&path, &yaml);
@@ -583,11 +571,7 @@ async fn reload_with_new_cluster_servers_moves_clients_to_a_new_pool() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reload_is_refused_when_a_tenant_role_is_missing() {
     let db = pg().database("reload_role");
-    let yaml = with_literal_secrets(&config(
-        &db,
-        TIERS,
-        &tenants("free", "free", "growth", "enterprise"),
-    ));
+    let yaml = with_literal_secrets(&demo_config(&db));
     let (proxy, dir) = start_file(&yaml).await;
     let broken = yaml.replace("role: tenant_globex", "role: tenant_nobody");
     std::fs::write(dir.path().join("proxy.yaml"), broken).unwrap();

@@ -8,12 +8,12 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::{
-    APP_PASSWORD, Proxy, TIERS, code, config, one, pg, server_connections, start, start_file,
-    start_tier, tenants, with_literal_secrets,
+    APP_PASSWORD, Proxy, code, demo_config, one, pg, server_connections, start, start_file,
+    start_tier, with_literal_secrets,
 };
 
 fn with_user(db: &str, user_yaml: &str) -> String {
-    config(db, TIERS, &tenants("free", "free", "growth", "enterprise")).replace(
+    demo_config(db).replace(
         "  acme:     { tier: free, cluster: main }",
         &format!("  acme:\n    tier: free\n    cluster: main\n    users:\n{user_yaml}"),
     )
@@ -22,12 +22,7 @@ fn with_user(db: &str, user_yaml: &str) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn failed_logins_get_postgres_errors() {
     let db = pg().database("auth");
-    let proxy = start(&config(
-        &db,
-        TIERS,
-        &tenants("free", "free", "growth", "enterprise"),
-    ))
-    .await;
+    let proxy = start(&demo_config(&db)).await;
     let cases = [
         (
             "app.acme",
@@ -131,7 +126,7 @@ async fn server_logins_with_md5_and_trust() {
         ("pgtenant_md5", "    password: ${TEST_MD5_PASSWORD}\n"),
         ("pgtenant_trust", ""),
     ] {
-        let yaml = config(&db, TIERS, &tenants("free", "free", "growth", "enterprise")).replace(
+        let yaml = demo_config(&db).replace(
             "    user: pgtenant_app\n    password: ${TEST_BACKEND_PASSWORD}\n",
             &format!("    user: {user}\n{password}"),
         );
@@ -148,7 +143,7 @@ async fn server_logins_with_md5_and_trust() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tenants_on_two_clusters() {
     let (main_db, eu_db) = (pg().database("main"), pg().database("eu"));
-    let yaml = config(&main_db, TIERS, &tenants("free", "free", "growth", "enterprise"))
+    let yaml = demo_config(&main_db)
         .replace(
             "tiers:",
             &format!(
@@ -174,7 +169,7 @@ async fn tenants_on_two_clusters() {
 /// The test config with tenant `umbrella` moved to an extra cluster `name`
 /// (database `gone`) on `127.0.0.1:port`.
 fn umbrella_on_cluster(db: &str, name: &str, port: u16, connect_timeout: &str) -> String {
-    config(db, TIERS, &tenants("free", "free", "growth", "enterprise"))
+    demo_config(db)
         .replace(
             "tiers:",
             &format!(
@@ -254,7 +249,7 @@ async fn a_silent_cluster_fails_the_login_at_connect_timeout() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_wrong_cluster_password_gives_08001_naming_it() {
     let db = pg().database("badpass");
-    let yaml = config(&db, TIERS, &tenants("free", "free", "growth", "enterprise"));
+    let yaml = demo_config(&db);
     let wrong = yaml.replace("${TEST_BACKEND_PASSWORD}", "not-the-password");
     let (proxy, dir) = start_file(&with_literal_secrets(&wrong)).await;
     let err = proxy
@@ -283,7 +278,7 @@ async fn a_wrong_cluster_password_gives_08001_naming_it() {
 async fn unix_socket_cluster_serves_tenants_and_cancels() {
     let db = pg().database("unix");
     let socket_dir = pg().pg.dir().display().to_string();
-    let yaml = config(&db, TIERS, &tenants("free", "free", "growth", "enterprise"))
+    let yaml = demo_config(&db)
         .replace("    host: 127.0.0.1\n", &format!("    host: {socket_dir}\n"))
         .replace(
             "    max_server_connections: 50\n",
@@ -354,8 +349,7 @@ async fn unix_socket_cluster_serves_tenants_and_cancels() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rls_bypassing_role_is_refused_when_required() {
     let db = pg().database("rls");
-    let yaml = config(&db, TIERS, &tenants("free", "free", "growth", "enterprise"))
-        .replace("user: pgtenant_app", "user: pgtenant_bypass");
+    let yaml = demo_config(&db).replace("user: pgtenant_app", "user: pgtenant_bypass");
     let strict = yaml.replace(
         "listen: 127.0.0.1:0",
         "listen: 127.0.0.1:0\nrequire_rls_enforced: true",
@@ -374,7 +368,7 @@ async fn rls_bypassing_role_is_refused_when_required() {
 }
 
 fn config_strict(db: &str) -> pgtenant::config::Config {
-    let yaml = config(db, TIERS, &tenants("free", "free", "growth", "enterprise")).replace(
+    let yaml = demo_config(db).replace(
         "listen: 127.0.0.1:0",
         "listen: 127.0.0.1:0\nrequire_rls_enforced: true",
     );
@@ -473,12 +467,7 @@ fn scram_secret_prints_a_verifier_postgres_format() {
 async fn psql_works_through_the_proxy() {
     let db = pg().database("bench");
     let bin = pgtenant::demo::postgres::find_bin().unwrap();
-    let proxy = start(&config(
-        &db,
-        TIERS,
-        &tenants("free", "free", "growth", "enterprise"),
-    ))
-    .await;
+    let proxy = start(&demo_config(&db)).await;
     let port = proxy.port.to_string();
     let psql = tokio::process::Command::new(bin.join("psql"))
         .args([
@@ -518,7 +507,7 @@ async fn psql_works_through_the_proxy() {
 async fn cluster_tls_against_a_server_without_tls() {
     let db = pg().database("no_tls");
     let with_tls = |mode: &str| {
-        config(&db, TIERS, &tenants("free", "free", "growth", "enterprise")).replace(
+        demo_config(&db).replace(
             "    max_server_connections: 50\n",
             &format!("    max_server_connections: 50\n    tls: {{ mode: {mode} }}\n"),
         )

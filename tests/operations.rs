@@ -16,7 +16,7 @@ const WATCHER_PASSWORD: &str = "watcher-pw";
 /// The test config plus metrics and two console users.
 fn operable(db: &str, extra_clusters: &str) -> String {
     let scram = |p: &str| postgres_protocol::password::scram_sha_256(p.as_bytes());
-    let yaml = config(db, TIERS, &tenants("free", "free", "growth", "enterprise"));
+    let yaml = demo_config(db);
     format!(
         "{yaml}\nmetrics: {{ listen: \"127.0.0.1:0\", max_tenant_series: 2 }}\nadmin:\n  users:\n    ops: {{ password: \"{}\", role: admin }}\n    watcher: {{ password: \"{}\", role: stats }}\n",
         scram(OPS_PASSWORD),

@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use common::{
-    APP_PASSWORD, TIERS, code, config, one, one_server_two_workers, pg, server_connections,
+    APP_PASSWORD, code, config, demo_config, one, one_server_two_workers, pg, server_connections,
     servers_move_between_workers, start, start_tier, tenants,
 };
 
@@ -264,12 +264,7 @@ async fn queue_timeout_fails_the_statement_not_the_session() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cancel_request_reaches_the_running_query() {
     let db = pg().database("cancel");
-    let proxy = start(&config(
-        &db,
-        TIERS,
-        &tenants("free", "free", "growth", "enterprise"),
-    ))
-    .await;
+    let proxy = start(&demo_config(&db)).await;
     let client = proxy.connect("initech", &db).await;
     common::cancel_a_running_query(&client).await;
 }

@@ -6,7 +6,7 @@ mod common;
 use std::time::Duration;
 
 use bytes::{BufMut, BytesMut};
-use common::{TIERS, code, config, one, pg, start, tenants};
+use common::{code, demo_config, one, pg, start};
 use futures_util::{SinkExt, TryStreamExt};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -14,12 +14,7 @@ use tokio_postgres::types::Type;
 
 async fn proxy_and_db(prefix: &str) -> (common::Proxy, String) {
     let db = pg().database(prefix);
-    let proxy = start(&config(
-        &db,
-        TIERS,
-        &tenants("free", "free", "growth", "enterprise"),
-    ))
-    .await;
+    let proxy = start(&demo_config(&db)).await;
     (proxy, db)
 }
 
@@ -280,7 +275,7 @@ async fn garbage_startup_closes_only_that_connection() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn half_open_login_times_out() {
     let db = pg().database("login_to");
-    let yaml = config(&db, TIERS, &tenants("free", "free", "growth", "enterprise")).replace(
+    let yaml = demo_config(&db).replace(
         "listen: 127.0.0.1:0",
         "listen: 127.0.0.1:0\nlimits: { login_timeout: 300ms }",
     );
@@ -340,7 +335,7 @@ async fn startup_parameters_do_not_change_the_tenant() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_messages_after_login_close_only_that_client() {
     let db = pg().database("badmsg");
-    let yaml = config(&db, TIERS, &tenants("free", "free", "growth", "enterprise")).replace(
+    let yaml = demo_config(&db).replace(
         "listen: 127.0.0.1:0",
         "listen: 127.0.0.1:0\nlimits: { max_message_size: 65536 }",
     );

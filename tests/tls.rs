@@ -110,7 +110,7 @@ fn connector_alpn(ca: &Path, alpn: bool) -> MakeRustlsConnect {
 
 /// The usual test config plus `tls: { client }` and the cluster's `tls: { cluster }`.
 fn tls_config(db: &str, client: &str, cluster: &str) -> String {
-    let mut yaml = config(db, TIERS, &tenants("free", "free", "growth", "enterprise"));
+    let mut yaml = demo_config(db);
     if !client.is_empty() {
         yaml = format!("tls: {{ {client} }}\n{yaml}");
     }

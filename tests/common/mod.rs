@@ -90,6 +90,12 @@ pub const TIERS: &str = "
   enterprise: { pool_size: 2 }
 ";
 
+/// The usual test setup: [`TIERS`], acme and umbrella on free, initech on
+/// growth, globex on enterprise.
+pub fn demo_config(db: &str) -> String {
+    config(db, TIERS, &tenants("free", "free", "growth", "enterprise"))
+}
+
 /// The demo tenants, all on cluster `main`, with the given tiers.
 pub fn tenants(acme: &str, umbrella: &str, initech: &str, globex: &str) -> String {
     format!(
