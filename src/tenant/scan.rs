@@ -235,4 +235,53 @@ mod tests {
             assert!(may_change_session(sql.as_bytes()), "{sql}");
         }
     }
+
+    /// The scan against the plainest reading of its rules, on statements
+    /// built from the words and characters it cares about.
+    fn reference(sql: &[u8]) -> bool {
+        let word_byte = |b: u8| b.is_ascii_alphanumeric() || b == b'_' || b >= 0x80;
+        let (mut i, mut start) = (0, true);
+        while i < sql.len() {
+            let c = sql[i];
+            if word_byte(c) {
+                let end = (i..sql.len())
+                    .find(|&j| !word_byte(sql[j]))
+                    .unwrap_or(sql.len());
+                let word = String::from_utf8_lossy(&sql[i..end]).to_ascii_lowercase();
+                let hit = |words: &[&[u8]]| words.contains(&word.as_bytes());
+                if (start && hit(LEADING)) || hit(ANYWHERE) || word.contains("advisory") {
+                    return true;
+                }
+                (i, start) = (end, false);
+            } else if sql[i..].starts_with(b"--") {
+                i = (i..sql.len())
+                    .find(|&j| sql[j] == b'\n')
+                    .unwrap_or(sql.len());
+            } else if sql[i..].starts_with(b"/*") {
+                i = skip_block_comment(sql, i);
+            } else if c == b'&' && i > 0 && sql[i - 1].eq_ignore_ascii_case(&b'u') {
+                return true;
+            } else {
+                start = c == b';' || (start && (c.is_ascii_whitespace() || c == b'('));
+                i += 1;
+            }
+        }
+        false
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn agrees_with_the_plain_reading(parts in proptest::collection::vec(
+            proptest::sample::select(vec![
+                "SET", "set", "Reset", "do", "DO", "temp", "TEMPORARY", "hold", "Set_Config",
+                "pg_settings", "authorization", "PG_ADVISORY_LOCK", "xadvisoryx", "advisor",
+                "sets", "select", "abalance", "aid", "\u{e9}", "1", " ", "\t", "\n", "(", ")",
+                ";", "-", "--", "/", "/*", "*/", "*", "&", "u", "U", "'", "\"", "=", ",", "$1",
+            ]),
+            0..24,
+        )) {
+            let sql = parts.concat();
+            proptest::prop_assert_eq!(may_change_session(sql.as_bytes()), reference(sql.as_bytes()), "{:?}", sql);
+        }
+    }
 }
