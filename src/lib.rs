@@ -23,6 +23,7 @@ pub mod config;
 pub mod demo;
 pub mod error;
 pub mod metrics;
+pub mod net;
 pub mod pool;
 pub mod prepared;
 pub mod protocol;

@@ -9,7 +9,7 @@ use tokio::io::{AsyncRead, AsyncWrite, Interest, ReadBuf};
 use tokio::net::{TcpStream, UnixStream};
 use tokio_rustls::client::TlsStream;
 
-use crate::session::io::{WriteNow, send_now, zero_if_blocked};
+use crate::net::{WriteNow, send_now};
 
 pub enum ServerStream {
     Plain(TcpStream),
@@ -83,8 +83,8 @@ impl ServerStream {
 impl WriteNow for ServerStream {
     fn write_now(&self, bytes: &[u8]) -> io::Result<usize> {
         match self {
-            ServerStream::Plain(s) => zero_if_blocked(s.try_write(bytes)),
-            ServerStream::Unix(s) => zero_if_blocked(s.try_write(bytes)),
+            ServerStream::Plain(s) => s.write_now(bytes),
+            ServerStream::Unix(s) => s.write_now(bytes),
             ServerStream::Tls(_) => Ok(0),
         }
     }

@@ -9,7 +9,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
 use tokio::net::TcpStream;
 use tokio_rustls::server::TlsStream;
 
-use super::io::send;
+use crate::net::send;
 use crate::protocol::startup::{self, Initial, StartupError, StartupMessage};
 use crate::tls::{ALPN, ClientTls, Listener};
 

@@ -8,17 +8,9 @@ use tokio::net::TcpStream;
 use tokio_rustls::server::TlsStream;
 
 use crate::error::ClientError;
+use crate::net::{WriteNow, send};
 use crate::protocol::frame::{FrameError, HEADER_LEN, peek_header};
 use crate::workers;
-
-/// A socket that can take a write at once, past the reactor: a reply that
-/// fits the socket's send buffer (nearly all of them) goes out in one `send`
-/// without tokio's readiness bookkeeping, about 300 instructions a
-/// transaction. TLS never can (`0`): rustls must see every byte.
-pub trait WriteNow {
-    /// How much of `bytes` the socket took; `0` when it would block.
-    fn write_now(&self, bytes: &[u8]) -> std::io::Result<usize>;
-}
 
 /// A client connection the relay can wait on without a buffer.
 pub trait ClientStream: AsyncRead + AsyncWrite + WriteNow + Unpin + Send {
@@ -58,12 +50,6 @@ impl ClientStream for TcpStream {
     }
 }
 
-impl WriteNow for TcpStream {
-    fn write_now(&self, bytes: &[u8]) -> std::io::Result<usize> {
-        zero_if_blocked(self.try_write(bytes))
-    }
-}
-
 /// TLS may hold decrypted bytes the socket no longer shows, so a TLS session
 /// reads at once, keeping its buffer (rustls keeps its own buffers anyway).
 impl ClientStream for Box<TlsStream<TcpStream>> {
@@ -79,14 +65,6 @@ impl ClientStream for Box<TlsStream<TcpStream>> {
 impl WriteNow for Box<TlsStream<TcpStream>> {
     fn write_now(&self, _: &[u8]) -> std::io::Result<usize> {
         Ok(0)
-    }
-}
-
-/// A non-blocking try's count, `0` when it would block (the async path takes over).
-pub fn zero_if_blocked(tried: std::io::Result<usize>) -> std::io::Result<usize> {
-    match tried {
-        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => Ok(0),
-        other => other,
     }
 }
 
@@ -130,25 +108,6 @@ pub async fn read_message<S: AsyncRead + Unpin>(
     let mut msg = buf.split_to(len);
     msg.advance(HEADER_LEN);
     Ok((tag, msg))
-}
-
-/// Writes all of `bytes` and flushes: TLS may keep the tail of a write buffered
-/// when the socket is full. On plain TCP the flush is a no-op.
-pub async fn send<S: AsyncWrite + Unpin>(stream: &mut S, bytes: &[u8]) -> std::io::Result<()> {
-    stream.write_all(bytes).await?;
-    stream.flush().await
-}
-
-/// [`send`], trying [`WriteNow::write_now`] first.
-pub async fn send_now<S: AsyncWrite + WriteNow + Unpin>(
-    stream: &mut S,
-    bytes: &[u8],
-) -> std::io::Result<()> {
-    let done = stream.write_now(bytes)?;
-    if done == bytes.len() {
-        return Ok(());
-    }
-    send(stream, &bytes[done..]).await
 }
 
 /// Writes a client-facing error. The one way errors reach clients.

@@ -8,13 +8,14 @@ use std::time::Instant;
 use bytes::{Buf, BytesMut};
 use tokio::io::{AsyncRead, AsyncWrite};
 
-use super::io::{SessionIoError, read_message, send};
+use super::io::{SessionIoError, read_message};
 use super::settings::{self, Settings};
 use super::{ClientSlot, Deps};
 use crate::auth::{self, AuthError, scram};
 use crate::config::{AdminRole, PoolMode, Secret, Tenant, Tier};
 use crate::error::ClientError;
 use crate::metrics::TenantStats;
+use crate::net::send;
 use crate::pool::{Pool, PoolMember};
 use crate::protocol::{TxStatus, build, frame::read_cstr, startup::StartupMessage};
 use crate::tenant::guard::Policy;

@@ -16,8 +16,7 @@ use super::Deps;
 use super::cancel::CancelGuard;
 use super::control::{ClientState, Registered};
 use super::io::{
-    ClientStream, SessionIoError, close_with_error, fill_message, send_error, send_now,
-    whole_message,
+    ClientStream, SessionIoError, close_with_error, fill_message, send_error, whole_message,
 };
 use super::login::LoggedIn;
 use super::settings::{self, Settings};
@@ -25,6 +24,7 @@ use super::spares::{self, Work};
 use super::tracker::{Action, Statements, error_code};
 use crate::config::Limits;
 use crate::error::ClientError;
+use crate::net::send_now;
 use crate::pool::{CheckoutError, Lease, Pending};
 use crate::prepared::ClientStatements;
 use crate::protocol::frame::{FrameError, Frames};

@@ -14,10 +14,11 @@ use tokio::io::{AsyncRead, AsyncWrite};
 
 use super::Deps;
 use super::control::Target;
-use super::io::{read_message, send};
+use super::io::read_message;
 use super::login::AdminLogin;
 use crate::config::AdminRole;
 use crate::error::ClientError;
+use crate::net::send;
 use crate::protocol::{TxStatus, build};
 use crate::workers;
 use command::Command;
