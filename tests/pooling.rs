@@ -7,9 +7,11 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
 use common::{
-    APP_PASSWORD, code, config, demo_config, one, one_server_two_workers, pg, server_connections,
-    servers_move_between_workers, start, start_tier, tenants,
+    APP_PASSWORD, code, config, demo_config, one, one_server_two_workers, pg, raw_login,
+    server_connections, servers_move_between_workers, start, start_tier, tenants,
 };
 
 /// All four tenants share one pool of one server: every statement must still
@@ -94,30 +96,61 @@ async fn client_killed_mid_transaction_never_returns_its_server_dirty() {
                 drop(client);
             }
         }
-        let next = proxy.connect("umbrella", &db).await;
-        let state = one(
-            &next,
-            "SELECT current_setting('app.current_tenant') || ':' || (now() = statement_timestamp())",
-        )
-        .await;
-        assert_eq!(
-            state, "umbrella:true",
-            "next tenant inherited a transaction ({drop_kind})"
-        );
-        let su = pg().superuser(&db).await;
-        let row = su
-            .query_one(
-                "SELECT price::text FROM products WHERE name = 'acme widget' FOR UPDATE NOWAIT",
-                &[],
-            )
-            .await
-            .unwrap_or_else(|e| panic!("row lock survived ({drop_kind}): {e}"));
-        let price: String = row.get(0);
-        assert_eq!(
-            price, "10.00",
-            "the dead client's update was committed ({drop_kind})"
-        );
+        next_tenant_finds_the_server_clean(&proxy, &db, drop_kind).await;
     }
+}
+
+/// A client whose connection is reset while its result is being written (the
+/// proxy's write to it fails with `ECONNRESET`: the first non-blocking `send`
+/// took what the socket could hold, the async write after it fails) leaves no
+/// open transaction behind: its server is not returned dirty.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_reset_while_its_result_is_written_never_returns_its_server_dirty() {
+    let db = pg().database("reset");
+    let proxy = start_tier(&db, "one", "{ pool_size: 1, queue_timeout: 10s }").await;
+    let mut raw = raw_login(proxy.port, "app.acme", APP_PASSWORD, &db).await;
+    // Far more than the socket buffers hold: the proxy is still writing when
+    // the reset arrives.
+    let sql = "BEGIN; UPDATE products SET price = price + 1 WHERE name = 'acme widget'; \
+               SELECT repeat('x', 16000000)\0";
+    let mut query = vec![b'Q'];
+    query.extend_from_slice(&((sql.len() + 4) as i32).to_be_bytes());
+    query.extend_from_slice(sql.as_bytes());
+    raw.write_all(&query).await.unwrap();
+    let mut first = [0u8; 64];
+    raw.read_exact(&mut first).await.unwrap();
+    raw.set_zero_linger().unwrap();
+    drop(raw);
+    next_tenant_finds_the_server_clean(&proxy, &db, "reset").await;
+}
+
+/// The pool's one server, after acme's client vanished inside `BEGIN;
+/// UPDATE …`: the next tenant gets its own context outside any transaction,
+/// and the update was rolled back, its row lock gone.
+async fn next_tenant_finds_the_server_clean(proxy: &common::Proxy, db: &str, how: &str) {
+    let next = proxy.connect("umbrella", db).await;
+    let state = one(
+        &next,
+        "SELECT current_setting('app.current_tenant') || ':' || (now() = statement_timestamp())",
+    )
+    .await;
+    assert_eq!(
+        state, "umbrella:true",
+        "next tenant inherited a transaction ({how})"
+    );
+    let su = pg().superuser(db).await;
+    let row = su
+        .query_one(
+            "SELECT price::text FROM products WHERE name = 'acme widget' FOR UPDATE NOWAIT",
+            &[],
+        )
+        .await
+        .unwrap_or_else(|e| panic!("row lock survived ({how}): {e}"));
+    let price: String = row.get(0);
+    assert_eq!(
+        price, "10.00",
+        "the dead client's update was committed ({how})"
+    );
 }
 
 /// Twenty clients on a pool of two: PostgreSQL never sees more than two
