@@ -152,13 +152,8 @@ fn accept(deps: &Arc<Deps>, workers: &Workers, stream: TcpStream, peer: SocketAd
                 }
             };
             let task = Arc::default();
-            let (deps, session_task) = (Arc::clone(deps), Arc::clone(&task));
-            let handle = workers.spawn(async move {
-                match TcpStream::from_std(stream) {
-                    Ok(stream) => session::serve(stream, deps, peer, slot, session_task).await,
-                    Err(e) => tracing::warn!(%peer, error = %e, "could not register a client"),
-                }
-            });
+            let session = session::serve(stream, Arc::clone(deps), peer, slot, Arc::clone(&task));
+            let handle = workers.spawn(session);
             let _ = task.set(handle.abort_handle());
         }
         None => {
