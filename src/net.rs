@@ -41,7 +41,7 @@ fn send_raw(socket: impl AsFd, bytes: &[u8]) -> io::Result<usize> {
 }
 
 /// A non-blocking try's count, `0` when it would block (the async path takes over).
-pub fn zero_if_blocked(tried: io::Result<usize>) -> io::Result<usize> {
+fn zero_if_blocked(tried: io::Result<usize>) -> io::Result<usize> {
     match tried {
         Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(0),
         other => other,

@@ -7,6 +7,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use bytes::BytesMut;
+use postgres_protocol::message::frontend;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use common::{
@@ -111,11 +113,13 @@ async fn client_reset_while_its_result_is_written_never_returns_its_server_dirty
     let mut raw = raw_login(proxy.port, "app.acme", APP_PASSWORD, &db).await;
     // Far more than the socket buffers hold: the proxy is still writing when
     // the reset arrives.
-    let sql = "BEGIN; UPDATE products SET price = price + 1 WHERE name = 'acme widget'; \
-               SELECT repeat('x', 16000000)\0";
-    let mut query = vec![b'Q'];
-    query.extend_from_slice(&((sql.len() + 4) as i32).to_be_bytes());
-    query.extend_from_slice(sql.as_bytes());
+    let mut query = BytesMut::new();
+    frontend::query(
+        "BEGIN; UPDATE products SET price = price + 1 WHERE name = 'acme widget'; \
+         SELECT repeat('x', 16000000)",
+        &mut query,
+    )
+    .unwrap();
     raw.write_all(&query).await.unwrap();
     let mut first = [0u8; 64];
     raw.read_exact(&mut first).await.unwrap();
