@@ -50,15 +50,25 @@ pub struct Waiter<T> {
 }
 
 /// Waiters `T` of tenants `K` (the pool's are its [`super::TenantRef`]s).
+///
+/// Each queued tenant has a slot in `queues`; the turn order holds slots, so
+/// serving a waiter looks nothing up by key. A slot whose tenant has no
+/// waiters left keeps its lanes for the next tenant to queue: with few
+/// waiters a tenant's queue empties and fills again on most transactions.
 pub struct FairQueue<K, T> {
-    by_tenant: foldhash::HashMap<K, TenantQueue<T>>,
-    /// Tenants with waiters, in the order they will next be served.
-    order: VecDeque<K>,
+    slots: foldhash::HashMap<K, usize>,
+    queues: Vec<TenantQueue<K, T>>,
+    /// Slots without a tenant.
+    free: Vec<usize>,
+    /// Slots of tenants with waiters, in the order they will next be served.
+    order: VecDeque<usize>,
     len: usize,
 }
 
 /// One tenant's waiters, FIFO per worker.
-struct TenantQueue<T> {
+struct TenantQueue<K, T> {
+    /// `None`: a free slot.
+    tenant: Option<K>,
     /// Indexed by worker id; `0` holds waiters off any worker.
     by_worker: Vec<VecDeque<Waiter<T>>>,
     len: usize,
@@ -72,10 +82,15 @@ struct TenantQueue<T> {
     passed: u32,
 }
 
+/// Waiters a free slot's lanes keep room for (a burst's room is given back).
+const KEEP_ROOM: usize = 64;
+
 impl<K, T> Default for FairQueue<K, T> {
     fn default() -> Self {
         FairQueue {
-            by_tenant: Default::default(),
+            slots: Default::default(),
+            queues: Vec::new(),
+            free: Vec::new(),
             order: VecDeque::new(),
             len: 0,
         }
@@ -93,30 +108,18 @@ impl<K: Clone + Eq + Hash, T> FairQueue<K, T> {
 
     /// When the longest-waiting waiter started waiting.
     pub fn oldest(&self) -> Option<Instant> {
-        (self.by_tenant.values())
+        (self.queues.iter())
             .flat_map(|q| q.by_worker.iter().filter_map(|l| l.front()))
             .map(|w| w.since)
             .min()
     }
 
     pub fn push(&mut self, tenant: &K, waiter: Waiter<T>) {
-        // A tenant already queued: one lookup, no key to clone.
-        let queue = match self.by_tenant.get_mut(tenant) {
-            Some(queue) => queue,
-            None => {
-                let first_served = (self.order.front())
-                    .and_then(|t| self.by_tenant.get(t))
-                    .map_or(0, |q| q.served);
-                self.order.push_back(tenant.clone());
-                self.by_tenant.entry(tenant.clone()).or_insert(TenantQueue {
-                    by_worker: Vec::new(),
-                    len: 0,
-                    served: first_served,
-                    skips: 0,
-                    passed: 0,
-                })
-            }
+        let slot = match self.slots.get(tenant) {
+            Some(&slot) => slot,
+            None => self.join(tenant),
         };
+        let queue = &mut self.queues[slot];
         let lane = usize::from(waiter.worker);
         if queue.by_worker.len() <= lane {
             queue.by_worker.resize_with(lane + 1, VecDeque::new);
@@ -124,6 +127,48 @@ impl<K: Clone + Eq + Hash, T> FairQueue<K, T> {
         queue.by_worker[lane].push_back(waiter);
         queue.len += 1;
         self.len += 1;
+    }
+
+    /// Gives `tenant` a slot, last in turn, counted as served as often as
+    /// the tenant first in turn.
+    fn join(&mut self, tenant: &K) -> usize {
+        let served = (self.order.front()).map_or(0, |&first| self.queues[first].served);
+        let slot = self.free.pop().unwrap_or_else(|| {
+            self.queues.push(TenantQueue {
+                tenant: None,
+                by_worker: Vec::new(),
+                len: 0,
+                served: 0,
+                skips: 0,
+                passed: 0,
+            });
+            self.queues.len() - 1
+        });
+        let queue = &mut self.queues[slot];
+        queue.tenant = Some(tenant.clone());
+        queue.served = served;
+        queue.skips = 0;
+        queue.passed = 0;
+        self.slots.insert(tenant.clone(), slot);
+        self.order.push_back(slot);
+        slot
+    }
+
+    /// Frees the slot of a tenant whose last waiter left (the caller takes
+    /// it out of the turn order); returns the tenant.
+    fn leave(&mut self, slot: usize) -> K {
+        let queue = &mut self.queues[slot];
+        let tenant = queue.tenant.take().expect("a queued tenant");
+        for lane in &mut queue.by_worker {
+            lane.shrink_to(KEEP_ROOM);
+        }
+        self.slots.remove(&tenant);
+        self.free.push(slot);
+        tenant
+    }
+
+    fn tenant(&self, slot: usize) -> &K {
+        self.queues[slot].tenant.as_ref().expect("a queued tenant")
     }
 
     /// Takes a waiter for a server released on worker `here` (`0`: off any
@@ -135,11 +180,11 @@ impl<K: Clone + Eq + Hash, T> FairQueue<K, T> {
         // The first eligible tenant: its place and its turns.
         let mut first: Option<(usize, u64)> = None;
         for i in 0..window {
-            let tenant = &self.order[i];
-            if !eligible(tenant) {
+            let slot = self.order[i];
+            if !eligible(self.tenant(slot)) {
                 continue;
             }
-            let queue = &self.by_tenant[tenant];
+            let queue = &self.queues[slot];
             let local = queue.has_waiter_on(here);
             match first {
                 None if local || here == 0 || queue.skips >= MAX_SKIPS => {
@@ -147,34 +192,40 @@ impl<K: Clone + Eq + Hash, T> FairQueue<K, T> {
                 }
                 None => first = Some((i, queue.served)),
                 Some((skipped, turns)) if local && queue.served <= turns => {
-                    let skipped = &self.order[skipped];
-                    if let Some(q) = self.by_tenant.get_mut(skipped) {
-                        q.skips += 1;
-                    }
+                    let skipped = self.order[skipped];
+                    self.queues[skipped].skips += 1;
                     return Some(self.serve(i, here));
                 }
                 Some(_) => {}
             }
         }
-        let i = (first.map(|(i, _)| i))
-            .or_else(|| (window..self.order.len()).find(|&i| eligible(&self.order[i])))?;
+        let i = (first.map(|(i, _)| i)).or_else(|| {
+            (window..self.order.len()).find(|&i| eligible(self.tenant(self.order[i])))
+        })?;
         Some(self.serve(i, here))
     }
 
-    /// Serves tenant `order[i]`; it goes to the back of the turn order if it
-    /// has waiters left.
+    /// Serves the tenant at place `i` in turn; it goes to the back of the
+    /// turn order if it has waiters left.
     fn serve(&mut self, i: usize, here: WorkerId) -> (K, Waiter<T>) {
-        let tenant = self.order.remove(i).expect("index within the order");
-        let queue = (self.by_tenant.get_mut(&tenant)).expect("tenants in the order have waiters");
+        // Mostly the first in turn: `pop_front` is cheaper than a general remove.
+        let slot = if i == 0 {
+            self.order.pop_front()
+        } else {
+            self.order.remove(i)
+        };
+        let slot = slot.expect("index within the order");
+        let queue = &mut self.queues[slot];
         let waiter = queue.take(here);
         queue.served += 1;
         queue.skips = 0;
         self.len -= 1;
-        if queue.len == 0 {
-            self.by_tenant.remove(&tenant);
+        let tenant = if queue.len == 0 {
+            self.leave(slot)
         } else {
-            self.order.push_back(tenant.clone());
-        }
+            self.order.push_back(slot);
+            self.tenant(slot).clone()
+        };
         (tenant, waiter)
     }
 
@@ -183,28 +234,35 @@ impl<K: Clone + Eq + Hash, T> FairQueue<K, T> {
     /// places and their tenants' turns.
     pub fn expire(&mut self, now: Instant) -> usize {
         let mut expired = 0;
-        self.by_tenant.retain(|_, queue| {
+        for slot in 0..self.queues.len() {
+            let queue = &mut self.queues[slot];
+            if queue.tenant.is_none() {
+                continue;
+            }
             for lane in &mut queue.by_worker {
                 let before = lane.len();
                 lane.retain(|w| w.deadline > now);
                 queue.len -= before - lane.len();
                 expired += before - lane.len();
             }
-            queue.len > 0
-        });
+            if queue.len == 0 {
+                self.leave(slot);
+            }
+        }
         if expired > 0 {
             self.len -= expired;
-            let by_tenant = &self.by_tenant;
-            self.order.retain(|t| by_tenant.contains_key(t));
+            let queues = &self.queues;
+            self.order.retain(|&slot| queues[slot].len > 0);
         }
         expired
     }
 
     /// Removes a waiter that gave up (client gone).
     pub fn remove(&mut self, tenant: &K, worker: WorkerId, id: u64) {
-        let Some(queue) = self.by_tenant.get_mut(tenant) else {
+        let Some(&slot) = self.slots.get(tenant) else {
             return;
         };
+        let queue = &mut self.queues[slot];
         let Some(lane) = queue.by_worker.get_mut(usize::from(worker)) else {
             return;
         };
@@ -214,13 +272,13 @@ impl<K: Clone + Eq + Hash, T> FairQueue<K, T> {
             self.len -= 1;
         }
         if queue.len == 0 {
-            self.by_tenant.remove(tenant);
-            self.order.retain(|t| t != tenant);
+            self.leave(slot);
+            self.order.retain(|&s| s != slot);
         }
     }
 }
 
-impl<T> TenantQueue<T> {
+impl<K, T> TenantQueue<K, T> {
     fn has_waiter_on(&self, worker: WorkerId) -> bool {
         worker != 0 && (self.by_worker.get(usize::from(worker))).is_some_and(|l| !l.is_empty())
     }
@@ -336,6 +394,28 @@ mod tests {
         assert!(q.is_empty());
         assert!(q.oldest().is_none());
         assert!(q.pop(|_| true, 1).is_none());
+    }
+
+    #[test]
+    fn a_tenant_that_leaves_gives_its_slot_to_the_next_and_keeps_nothing() {
+        let (a, b, c): (Arc<str>, Arc<str>, Arc<str>) = ("a".into(), "b".into(), "c".into());
+        let mut q = queue();
+        for round in 0..100 {
+            q.push(&a, on(3 * round, 1));
+            q.push(&b, on(3 * round + 1, 1));
+            assert_eq!(q.pop(|_| true, 1).unwrap().0, a);
+            // Served its last waiter: a's slot is free, and c takes it.
+            q.push(&c, on(3 * round + 2, 2));
+            assert_eq!(ids(drain(&mut q, 1)), vec![3 * round + 1, 3 * round + 2]);
+        }
+        assert_eq!(q.queues.len(), 2, "slots are reused, not added");
+        assert!(q.slots.is_empty() && q.order.is_empty() && q.is_empty());
+        assert!(q.queues.iter().all(|s| s.tenant.is_none() && s.len == 0));
+        // Back again, a tenant counts its turns from the one first in turn.
+        q.push(&a, on(1000, 1));
+        q.push(&a, on(1001, 1));
+        q.push(&b, on(1002, 1));
+        assert_eq!(ids(drain(&mut q, 0)), vec![1000, 1002, 1001]);
     }
 
     #[test]
