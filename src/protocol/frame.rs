@@ -98,6 +98,11 @@ impl Iterator for Frames<'_> {
 
 /// Reads a NUL-terminated string at the start of `buf`; returns it and the rest.
 pub fn read_cstr(buf: &[u8]) -> Option<(&[u8], &[u8])> {
+    // The unnamed statement and portal (""), in most extended-protocol
+    // messages: no search to set up.
+    if buf.first() == Some(&0) {
+        return Some((&buf[..0], &buf[1..]));
+    }
     let nul = memchr::memchr(0, buf)?;
     Some((&buf[..nul], &buf[nul + 1..]))
 }
@@ -146,5 +151,14 @@ mod tests {
         let buf = msg(b'Z', b"T");
         let f = Frames::new(&buf, 64).next().unwrap().unwrap();
         assert_eq!(f.body(&buf), b"T");
+    }
+
+    #[test]
+    fn a_cstr_ends_at_its_first_nul() {
+        assert_eq!(read_cstr(b"\0rest"), Some((&b""[..], &b"rest"[..])));
+        assert_eq!(read_cstr(b"\0"), Some((&b""[..], &b""[..])));
+        assert_eq!(read_cstr(b"name\0\0x"), Some((&b"name"[..], &b"\0x"[..])));
+        assert_eq!(read_cstr(b"no end"), None);
+        assert_eq!(read_cstr(b""), None);
     }
 }
