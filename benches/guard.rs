@@ -4,8 +4,6 @@
 //!
 //! Run: `cargo bench --bench guard`
 
-use std::sync::Arc;
-
 use pgtenant::tenant::guard::{self, Policy};
 use pgtenant::tenant::scan::may_change_session;
 
@@ -35,9 +33,9 @@ const ORDINARY: &[(&str, &str)] = &[
     ),
 ];
 
-fn policy() -> Policy {
+fn policy() -> Policy<'static> {
     Policy {
-        tenant_setting: Arc::from("app.current_tenant"),
+        tenant_setting: "app.current_tenant",
         statement_timeout: None,
         session: false,
     }

@@ -172,7 +172,7 @@ pub async fn login<S: AsyncRead + AsyncWrite + Unpin>(
     let member = pool.member(&tenant_key);
     let params = server_params(&member, tier.queue_timeout).await?;
     let policy = Policy {
-        tenant_setting: Arc::clone(&runtime.tenant_setting),
+        tenant_setting: &runtime.tenant_setting,
         statement_timeout: tier.statement_timeout,
         session: false,
     };

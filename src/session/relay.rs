@@ -67,7 +67,11 @@ macro_rules! statements {
             namespace: &$relay.session.context.namespace,
             server_limit: $relay.server_statements,
             client_limit: $relay.client_statements,
-            policy: &$relay.policy,
+            policy: Policy {
+                tenant_setting: &$relay.session.tenant_setting,
+                statement_timeout: $relay.session.tier.statement_timeout,
+                session: $relay.session.session_mode,
+            },
         }
     };
 }
@@ -84,7 +88,6 @@ pub struct Relay<S> {
     startup_settings: Settings,
     /// Custom settings the client has set, read back by name.
     custom: Vec<String>,
-    policy: Policy,
     /// In `pool_mode: session`, the server held between transactions (boxed:
     /// transaction mode, the common case, pays one pointer for it).
     held: Option<Box<Lease>>,
@@ -110,16 +113,10 @@ impl<S: ClientStream> Relay<S> {
         deps: &Arc<Deps>,
         registered: Registered,
     ) -> Self {
-        let policy = Policy {
-            tenant_setting: Arc::clone(&session.tenant_setting),
-            statement_timeout: session.tier.statement_timeout,
-            session: session.session_mode,
-        };
         Relay {
             startup_settings: settings.clone(),
             settings,
             custom: Vec::new(),
-            policy,
             held: None,
             client,
             cbuf,
@@ -254,7 +251,6 @@ impl<S: ClientStream> Relay<S> {
             self.session.member = pool.member(&self.session.tenant_key);
         }
         self.session.context = Arc::clone(&runtime.contexts[id]);
-        self.policy.statement_timeout = tier.statement_timeout;
         self.registered.entry.set_tier(&tier);
         self.session.tier = tier;
         self.session.tenant = tenant;
@@ -449,7 +445,7 @@ impl<S: ClientStream> Relay<S> {
         // One clock read for the server's idle time and the transaction's.
         let ended = Instant::now();
         let result = match result {
-            Ok(Some(lease)) if self.policy.session => {
+            Ok(Some(lease)) if self.session.session_mode => {
                 self.held = Some(Box::new(lease));
                 Ok(())
             }
@@ -534,7 +530,7 @@ impl<S: ClientStream> Relay<S> {
         self.cancel.slot.detach();
         result?;
         let server = lease.server();
-        if self.policy.session {
+        if self.session.session_mode {
             // Session state stays with its client until it leaves; only the
             // tenant context is put back, in case a statement wiped it.
             if w.t.effect.reset {

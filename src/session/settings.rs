@@ -137,7 +137,7 @@ pub fn from_startup(
                 "is not a setting name",
             ));
         }
-        if protected(&name, &policy.tenant_setting) {
+        if protected(&name, policy.tenant_setting) {
             return Err(ClientError::bad_startup_setting(
                 &name,
                 "is set by the proxy for your tenant",
@@ -311,9 +311,9 @@ mod tests {
         assert_eq!(startup.keys().count(), 2);
     }
 
-    fn policy() -> Policy {
+    fn policy() -> Policy<'static> {
         Policy {
-            tenant_setting: std::sync::Arc::from("app.current_tenant"),
+            tenant_setting: "app.current_tenant",
             statement_timeout: Some(Duration::from_secs(5)),
             session: false,
         }

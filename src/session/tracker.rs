@@ -91,7 +91,7 @@ pub struct Statements<'a> {
     pub namespace: &'a [u8],
     pub server_limit: usize,
     pub client_limit: usize,
-    pub policy: &'a Policy,
+    pub policy: Policy<'a>,
 }
 
 #[derive(Debug)]
@@ -279,7 +279,7 @@ impl Tracker {
                 b'Q' => {
                     self.unnamed_ready = false;
                     let sql = read_cstr(body).map_or(body, |(q, _)| q);
-                    match judge(sql, st.policy) {
+                    match judge(sql, &st.policy) {
                         Ok(Judged::Run(effect)) => {
                             self.effect.merge(&effect);
                             self.replies.push_back(Reply::Query);
@@ -343,7 +343,7 @@ impl Tracker {
         self.unsynced = true;
         let (name, rest) = read_cstr(body).ok_or_else(|| malformed("Parse"))?;
         let (query, _) = read_cstr(rest).ok_or_else(|| malformed("Parse"))?;
-        let effect = match judge(query, st.policy) {
+        let effect = match judge(query, &st.policy) {
             Ok(Judged::Run(effect)) => effect,
             // DEALLOCATE / DISCARD ALL are answered only as simple queries.
             Ok(_) => {
@@ -950,7 +950,7 @@ mod tests {
     struct Sets {
         client: ClientStatements,
         server: ServerStatements,
-        policy: Policy,
+        policy: Policy<'static>,
     }
 
     impl Sets {
@@ -959,7 +959,7 @@ mod tests {
                 client: ClientStatements::default(),
                 server: ServerStatements::default(),
                 policy: Policy {
-                    tenant_setting: Arc::from("app.current_tenant"),
+                    tenant_setting: "app.current_tenant",
                     statement_timeout: None,
                     session: false,
                 },
@@ -973,7 +973,7 @@ mod tests {
                 namespace: b"ns",
                 server_limit: 10,
                 client_limit: 10,
-                policy: &self.policy,
+                policy: self.policy,
             }
         }
     }

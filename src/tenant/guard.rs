@@ -15,7 +15,6 @@
 //! or cannot (LISTEN, session advisory locks, `WITH HOLD` cursors, temporary
 //! objects, SQL-level `PREPARE`): those are refused before they run, with a hint.
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use pg_query::NodeEnum;
@@ -65,11 +64,12 @@ impl Verdict {
     }
 }
 
-/// Limits that apply to what a client may set.
-#[derive(Debug, Clone)]
-pub struct Policy {
+/// Limits that apply to what a client may set (borrowed from the session for
+/// each batch of messages, so it is never a second copy to keep in step).
+#[derive(Debug, Clone, Copy)]
+pub struct Policy<'a> {
     /// The setting that carries the tenant id (`app.current_tenant`).
-    pub tenant_setting: Arc<str>,
+    pub tenant_setting: &'a str,
     /// The tier's `statement_timeout`; a client may lower it, not raise it.
     pub statement_timeout: Option<Duration>,
     /// The client holds its server for its whole connection (`pool_mode:
@@ -77,7 +77,7 @@ pub struct Policy {
     pub session: bool,
 }
 
-impl Policy {
+impl Policy<'_> {
     /// A feature that needs the same server across transactions.
     fn session_only(&self, what: &str, hint: &str) -> Verdict {
         if self.session {
@@ -133,7 +133,7 @@ fn inspect(parsed: &pg_query::ParseResult, policy: &Policy) -> Result<Vec<String
         sets += 1;
         if set.kind == VariableSetKind::VarResetAll as i32 {
             Err(ClientError::context_wipe("RESET ALL"))
-        } else if protected(&set.name, &policy.tenant_setting) {
+        } else if protected(&set.name, policy.tenant_setting) {
             Err(ClientError::protected_setting(&set.name))
         } else {
             Ok(())
@@ -159,7 +159,7 @@ fn inspect(parsed: &pg_query::ParseResult, policy: &Policy) -> Result<Vec<String
                     },
                     _ => return Err(ClientError::context_wipe(COMPUTED)),
                 };
-                if protected(name, &policy.tenant_setting) {
+                if protected(name, policy.tenant_setting) {
                     return Err(ClientError::protected_setting(name));
                 }
                 set_config_names.push(name.to_ascii_lowercase());
@@ -417,9 +417,9 @@ fn temp_refused(policy: &Policy) -> Verdict {
 mod tests {
     use super::*;
 
-    fn policy() -> Policy {
+    fn policy() -> Policy<'static> {
         Policy {
-            tenant_setting: Arc::from("app.current_tenant"),
+            tenant_setting: "app.current_tenant",
             statement_timeout: Some(Duration::from_secs(5)),
             session: false,
         }
