@@ -8,8 +8,8 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::{
-    APP_PASSWORD, Proxy, code, demo_config, one, pg, server_connections, start, start_file,
-    start_tier, with_literal_secrets,
+    APP_PASSWORD, Proxy, code, demo_config, one, pg, raw_login, server_connections, start,
+    start_file, start_tier, with_literal_secrets,
 };
 
 fn with_user(db: &str, user_yaml: &str) -> String {
@@ -116,6 +116,38 @@ async fn tenant_over_its_client_cap_is_refused() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     proxy.connect("acme", &db).await;
+}
+
+/// A client reset while it sits idle (an RST, no `Terminate`) frees its place
+/// at once: the idle session's read sees the reset and ends the session.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_client_that_is_reset_frees_its_place() {
+    let db = pg().database("capreset");
+    let proxy = start_tier(&db, "capped", "{ pool_size: 1, max_client_connections: 1 }").await;
+    let raw = raw_login(proxy.port, "app.acme", APP_PASSWORD, &db).await;
+    let err = proxy
+        .try_connect("app.acme", APP_PASSWORD, &db)
+        .await
+        .err()
+        .unwrap();
+    assert_eq!(code(&err), "53300");
+    // A zero linger makes the close a reset.
+    raw.set_zero_linger().unwrap();
+    drop(raw);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while proxy.deps.clients.get("acme") > 0 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(
+        proxy.deps.clients.get("acme"),
+        0,
+        "the reset session kept its place"
+    );
+    let client = proxy.connect("acme", &db).await;
+    assert_eq!(
+        one(&client, "SELECT current_setting('app.current_tenant')").await,
+        "acme"
+    );
 }
 
 /// The proxy logs in to PostgreSQL with md5 and with trust as well as SCRAM.
