@@ -7,7 +7,7 @@
 
 use std::collections::{BTreeSet, HashMap};
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU8, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU8, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, LazyLock, Mutex, OnceLock};
 use std::task::Poll;
 use std::time::{Duration, Instant, SystemTime};
@@ -49,8 +49,10 @@ impl Paused {
 }
 
 pub struct Control {
-    /// Bumped by each applied reload; a session refreshes its tenant when it sees a new one.
-    generation: AtomicU64,
+    /// Bumped by each applied reload; a session refreshes its tenant when it
+    /// sees a new one (32 bits: a session compares it with the one it saw, and
+    /// keeps it in its idle state).
+    generation: AtomicU32,
     draining: AtomicBool,
     any_paused: AtomicBool,
     paused: Mutex<Paused>,
@@ -61,7 +63,7 @@ pub struct Control {
 impl Default for Control {
     fn default() -> Self {
         Control {
-            generation: AtomicU64::new(0),
+            generation: AtomicU32::new(0),
             draining: AtomicBool::new(false),
             any_paused: AtomicBool::new(false),
             paused: Mutex::default(),
@@ -80,7 +82,7 @@ impl Control {
         }
     }
 
-    pub fn generation(&self) -> u64 {
+    pub fn generation(&self) -> u32 {
         self.generation.load(Ordering::Acquire)
     }
 
