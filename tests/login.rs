@@ -102,20 +102,30 @@ async fn tenant_over_its_client_cap_is_refused() {
     let proxy = start_tier(&db, "capped", "{ pool_size: 2, max_client_connections: 2 }").await;
     let a = proxy.connect("acme", &db).await;
     let _b = proxy.connect("acme", &db).await;
+    acme_is_refused_over_its_cap(&proxy, &db).await;
+    // Other tenants have their own count, and a closed client frees its place.
+    let _u = proxy.connect("umbrella", &db).await;
+    drop(a);
+    acme_clients_down_to(&proxy, 1).await;
+    proxy.connect("acme", &db).await;
+}
+
+async fn acme_is_refused_over_its_cap(proxy: &Proxy, db: &str) {
     let err = proxy
-        .try_connect("app.acme", APP_PASSWORD, &db)
+        .try_connect("app.acme", APP_PASSWORD, db)
         .await
         .err()
         .unwrap();
     assert_eq!(code(&err), "53300");
-    // Other tenants have their own count, and a closed client frees its place.
-    let _u = proxy.connect("umbrella", &db).await;
-    drop(a);
+}
+
+/// acme's clients as the proxy counts them, once down to `at_most` (or after 5 s).
+async fn acme_clients_down_to(proxy: &Proxy, at_most: u32) -> u32 {
     let deadline = Instant::now() + Duration::from_secs(5);
-    while proxy.deps.clients.get("acme") > 1 && Instant::now() < deadline {
+    while proxy.deps.clients.get("acme") > at_most && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    proxy.connect("acme", &db).await;
+    proxy.deps.clients.get("acme")
 }
 
 /// A client reset while it sits idle (an RST, no `Terminate`) frees its place
@@ -125,21 +135,12 @@ async fn an_idle_client_that_is_reset_frees_its_place() {
     let db = pg().database("capreset");
     let proxy = start_tier(&db, "capped", "{ pool_size: 1, max_client_connections: 1 }").await;
     let raw = raw_login(proxy.port, "app.acme", APP_PASSWORD, &db).await;
-    let err = proxy
-        .try_connect("app.acme", APP_PASSWORD, &db)
-        .await
-        .err()
-        .unwrap();
-    assert_eq!(code(&err), "53300");
+    acme_is_refused_over_its_cap(&proxy, &db).await;
     // A zero linger makes the close a reset.
     raw.set_zero_linger().unwrap();
     drop(raw);
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while proxy.deps.clients.get("acme") > 0 && Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
     assert_eq!(
-        proxy.deps.clients.get("acme"),
+        acme_clients_down_to(&proxy, 0).await,
         0,
         "the reset session kept its place"
     );
