@@ -68,81 +68,69 @@ pub async fn send_now<S: AsyncWrite + WriteNow + Unpin>(
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use tokio::io::AsyncReadExt;
 
-    fn runtime() -> tokio::runtime::Runtime {
-        tokio::runtime::Builder::new_current_thread()
-            .enable_io()
-            .build()
-            .unwrap()
-    }
-
-    /// A connected TCP pair on the loopback.
-    async fn tcp_pair() -> (TcpStream, TcpStream) {
+    /// A connected pair of loopback sockets: (client, accepted side). Also
+    /// for the session layer's tests.
+    pub(crate) async fn tcp_pair() -> (TcpStream, TcpStream) {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let near = TcpStream::connect(listener.local_addr().unwrap());
         let (near, far) = tokio::join!(near, listener.accept());
         (near.unwrap(), far.unwrap().0)
     }
 
-    #[test]
-    fn a_full_socket_takes_nothing_now_and_the_rest_waits_for_room() {
-        runtime().block_on(async {
-            let (mut near, mut far) = UnixStream::pair().unwrap();
-            // More than any socket buffer: the first try takes part, then 0.
-            let bytes: Vec<u8> = (0..4 << 20).map(|i| i as u8).collect();
-            let took = near.write_now(&bytes).unwrap();
-            assert!(took > 0 && took < bytes.len(), "took {took}");
-            assert_eq!(near.write_now(&bytes[took..]).unwrap(), 0);
-            let reader = tokio::spawn(async move {
-                let mut got = Vec::new();
-                far.read_to_end(&mut got).await.unwrap();
-                got
-            });
-            send_now(&mut near, &bytes).await.unwrap();
-            drop(near);
-            let got = reader.await.unwrap();
-            // What the first two tries took, then all of it again.
-            assert_eq!(got.len(), took + bytes.len());
-            assert_eq!(&got[..took], &bytes[..took]);
-            assert_eq!(&got[took..], &bytes[..]);
+    #[tokio::test]
+    async fn a_full_socket_takes_nothing_now_and_the_rest_waits_for_room() {
+        let (mut near, mut far) = UnixStream::pair().unwrap();
+        // More than any socket buffer: the first try takes part, then 0.
+        let bytes: Vec<u8> = (0..4 << 20).map(|i| i as u8).collect();
+        let took = near.write_now(&bytes).unwrap();
+        assert!(took > 0 && took < bytes.len(), "took {took}");
+        assert_eq!(near.write_now(&bytes[took..]).unwrap(), 0);
+        let reader = tokio::spawn(async move {
+            let mut got = Vec::new();
+            far.read_to_end(&mut got).await.unwrap();
+            got
         });
+        send_now(&mut near, &bytes).await.unwrap();
+        drop(near);
+        let got = reader.await.unwrap();
+        // What the first two tries took, then all of it again.
+        assert_eq!(got.len(), took + bytes.len());
+        assert_eq!(&got[..took], &bytes[..took]);
+        assert_eq!(&got[took..], &bytes[..]);
     }
 
-    #[test]
-    fn a_closed_peer_fails_the_send_as_a_broken_pipe() {
-        runtime().block_on(async {
-            let (mut near, far) = UnixStream::pair().unwrap();
-            drop(far);
-            let e = near.write_now(b"Z").unwrap_err();
-            assert_eq!(e.kind(), io::ErrorKind::BrokenPipe, "{e}");
-            let e = send_now(&mut near, b"Z").await.unwrap_err();
-            assert_eq!(e.kind(), io::ErrorKind::BrokenPipe, "{e}");
-        });
+    #[tokio::test]
+    async fn a_closed_peer_fails_the_send_as_a_broken_pipe() {
+        let (mut near, far) = UnixStream::pair().unwrap();
+        drop(far);
+        let e = near.write_now(b"Z").unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::BrokenPipe, "{e}");
+        let e = send_now(&mut near, b"Z").await.unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::BrokenPipe, "{e}");
     }
 
-    #[test]
-    fn a_reset_connection_fails_the_first_send() {
-        runtime().block_on(async {
-            let (mut near, far) = tcp_pair().await;
-            // Closing with unread bytes and a zero linger sends a reset.
-            near.write_all(b"unread").await.unwrap();
-            far.set_zero_linger().unwrap();
-            drop(far);
-            // The reset arrives with the loopback's next turn.
-            let mut byte = [0u8; 1];
-            let _ = near.read(&mut byte).await;
-            let e = near.write_now(b"Z").unwrap_err();
-            assert!(
-                matches!(
-                    e.kind(),
-                    io::ErrorKind::ConnectionReset | io::ErrorKind::BrokenPipe
-                ),
-                "{e}"
-            );
-            assert!(send_now(&mut near, b"Z").await.is_err());
-        });
+    #[tokio::test]
+    async fn a_reset_connection_fails_the_first_send() {
+        let (mut near, far) = tcp_pair().await;
+        // Closing with unread bytes and a zero linger sends a reset.
+        near.write_all(b"unread").await.unwrap();
+        far.set_zero_linger().unwrap();
+        drop(far);
+        // The reset arrives with the loopback's next turn.
+        let mut byte = [0u8; 1];
+        let _ = near.read(&mut byte).await;
+        let e = near.write_now(b"Z").unwrap_err();
+        assert!(
+            matches!(
+                e.kind(),
+                io::ErrorKind::ConnectionReset | io::ErrorKind::BrokenPipe
+            ),
+            "{e}"
+        );
+        assert!(send_now(&mut near, b"Z").await.is_err());
     }
 }

@@ -124,6 +124,7 @@ async fn read_initial<S: AsyncRead + AsyncWrite + Unpin>(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::net::tests::tcp_pair;
     use crate::protocol::startup::{PROTOCOL_3_0, SSL_REQUEST_CODE};
     use tokio::io::AsyncWriteExt;
 
@@ -134,18 +135,9 @@ mod tests {
         p
     }
 
-    /// A connected pair of loopback sockets: (client, proxy side).
-    async fn pair() -> (TcpStream, TcpStream) {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let client = TcpStream::connect(listener.local_addr().unwrap())
-            .await
-            .unwrap();
-        (client, listener.accept().await.unwrap().0)
-    }
-
     #[tokio::test]
     async fn ssl_request_is_declined_without_tls_then_startup_read() {
-        let (mut client, proxy) = pair().await;
+        let (mut client, proxy) = tcp_pair().await;
         let mut bytes = packet(SSL_REQUEST_CODE, b"");
         bytes.extend(packet(PROTOCOL_3_0, b"user\0u\0\0"));
         client.write_all(&bytes).await.unwrap();
@@ -169,7 +161,7 @@ mod tests {
             vec![0, 0, 0, 2],
             vec![TLS_HANDSHAKE, 3, 1, 0, 5, 1, 2, 3, 4, 5],
         ] {
-            let (mut client, proxy) = pair().await;
+            let (mut client, proxy) = tcp_pair().await;
             client.write_all(&bytes).await.unwrap();
             drop(client);
             assert!(
