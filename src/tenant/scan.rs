@@ -258,7 +258,17 @@ mod tests {
                     .find(|&j| sql[j] == b'\n')
                     .unwrap_or(sql.len());
             } else if sql[i..].starts_with(b"/*") {
-                i = skip_block_comment(sql, i);
+                // Nested, as PostgreSQL's are; unterminated runs to the end.
+                let mut depth = 0;
+                i = loop {
+                    match &sql[i..] {
+                        [b'/', b'*', ..] => (depth, i) = (depth + 1, i + 2),
+                        [b'*', b'/', ..] if depth == 1 => break i + 2,
+                        [b'*', b'/', ..] => (depth, i) = (depth - 1, i + 2),
+                        [] => break i,
+                        _ => i += 1,
+                    }
+                };
             } else if c == b'&' && i > 0 && sql[i - 1].eq_ignore_ascii_case(&b'u') {
                 return true;
             } else {
