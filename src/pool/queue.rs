@@ -419,6 +419,21 @@ mod tests {
     }
 
     #[test]
+    fn a_freed_slot_gives_back_the_room_of_a_burst() {
+        let a: Arc<str> = "a".into();
+        let mut q = queue();
+        for id in 0..1000 {
+            q.push(&a, on(id, 1));
+        }
+        assert_eq!(drain(&mut q, 1).len(), 1000);
+        let lanes = &q.queues[0].by_worker;
+        assert!(
+            lanes.iter().all(|l| l.capacity() <= 2 * KEEP_ROOM),
+            "kept a burst's room"
+        );
+    }
+
+    #[test]
     fn a_release_looks_a_few_tenants_ahead_for_its_own_worker() {
         // One waiter per tenant, alternating workers, all released on worker
         // 1: a tenant first in turn without a waiter there is skipped once
