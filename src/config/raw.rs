@@ -127,8 +127,7 @@ impl AdminRole {
 }
 
 fn default_context_setting() -> Spanned<String> {
-    let loc = serde_saphyr::Location::UNKNOWN;
-    Spanned::new("app.current_tenant".to_owned(), loc, loc)
+    unplaced("app.current_tenant".to_owned())
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -177,10 +176,10 @@ pub struct RawLimits {
     pub auth_failure_window: Dur,
     /// Largest startup packet accepted, in bytes.
     #[serde(default = "default_startup_packet")]
-    pub max_startup_packet_size: usize,
+    pub max_startup_packet_size: Spanned<usize>,
     /// Largest single protocol message accepted from a client or server, in bytes.
     #[serde(default = "default_max_message")]
-    pub max_message_size: usize,
+    pub max_message_size: Spanned<usize>,
     /// Named prepared statements each server keeps (least recently used are closed).
     #[serde(default = "default_server_statements")]
     pub max_prepared_statements: usize,
@@ -216,11 +215,16 @@ fn default_auth_failures() -> u32 {
 fn default_auth_window() -> Dur {
     Dur(std::time::Duration::from_secs(60))
 }
-fn default_startup_packet() -> usize {
-    10_000
+fn default_startup_packet() -> Spanned<usize> {
+    unplaced(10_000)
 }
-fn default_max_message() -> usize {
-    64 << 20
+fn default_max_message() -> Spanned<usize> {
+    unplaced(64 << 20)
+}
+/// A default: it has no place in the file.
+fn unplaced<T>(value: T) -> Spanned<T> {
+    let loc = serde_saphyr::Location::UNKNOWN;
+    Spanned::new(value, loc, loc)
 }
 fn default_server_statements() -> usize {
     200

@@ -50,6 +50,20 @@ pub(super) fn validate(
             format!("must be at most {MAX_WORKERS} (0 means one per core)"),
         );
     }
+    within(
+        &mut errs,
+        "limits.max_startup_packet_size",
+        &raw.limits.max_startup_packet_size,
+        STARTUP_PACKET_SIZES,
+        "PostgreSQL itself refuses startup packets over 10000 bytes",
+    );
+    within(
+        &mut errs,
+        "limits.max_message_size",
+        &raw.limits.max_message_size,
+        MESSAGE_SIZES,
+        "PostgreSQL's own messages need 8 KiB and it refuses any over 1 GiB",
+    );
     let tenant_setting = raw.tenant_setting.value.clone();
     if !is_setting_name(&tenant_setting) || !tenant_setting.contains('.') {
         errs.at(
@@ -179,8 +193,8 @@ pub(super) fn validate(
             max_client_connections: raw.limits.max_client_connections,
             max_auth_failures: raw.limits.max_auth_failures,
             auth_failure_window: raw.limits.auth_failure_window.0,
-            max_startup_packet_size: raw.limits.max_startup_packet_size,
-            max_message_size: raw.limits.max_message_size,
+            max_startup_packet_size: raw.limits.max_startup_packet_size.value,
+            max_message_size: raw.limits.max_message_size.value,
             max_prepared_statements: raw.limits.max_prepared_statements,
             max_client_prepared_statements: raw.limits.max_client_prepared_statements,
         },
@@ -215,6 +229,33 @@ fn address(errs: &mut Errors, path: &str, value: &Spanned<String>, example: &str
             path,
             value.referenced,
             format!("must be host:port, e.g. {example}"),
+        );
+    }
+}
+
+/// Startup packets a login can need (user, database, a few settings) and
+/// PostgreSQL's own limit on them.
+const STARTUP_PACKET_SIZES: std::ops::RangeInclusive<usize> = 512..=10_000;
+/// Protocol messages: room for PostgreSQL's errors and notices (and SASL's 8
+/// KiB) up to PostgreSQL's own limit, 1 GiB.
+const MESSAGE_SIZES: std::ops::RangeInclusive<usize> = 8 << 10..=1 << 30;
+
+fn within(
+    errs: &mut Errors,
+    path: &str,
+    value: &Spanned<usize>,
+    range: std::ops::RangeInclusive<usize>,
+    why: &str,
+) {
+    if !range.contains(&value.value) {
+        errs.at(
+            path,
+            value.referenced,
+            format!(
+                "must be from {} to {} bytes ({why})",
+                range.start(),
+                range.end()
+            ),
         );
     }
 }
@@ -601,6 +642,24 @@ tenants:
                 "listen: 127.0.0.1:6432\n",
                 "listen: 127.0.0.1:6432\nworkers: 10000\n",
                 "workers",
+                2,
+            ),
+            (
+                "listen: 127.0.0.1:6432\n",
+                "listen: 127.0.0.1:6432\nlimits: { max_message_size: 100 }\n",
+                "limits.max_message_size",
+                2,
+            ),
+            (
+                "listen: 127.0.0.1:6432\n",
+                "listen: 127.0.0.1:6432\nlimits:\n  max_message_size: 2147483648\n",
+                "limits.max_message_size",
+                3,
+            ),
+            (
+                "listen: 127.0.0.1:6432\n",
+                "listen: 127.0.0.1:6432\nlimits: { max_startup_packet_size: 20000 }\n",
+                "limits.max_startup_packet_size",
                 2,
             ),
             (
