@@ -278,7 +278,10 @@ impl Tracker {
             match frame.tag {
                 b'Q' => {
                     self.unnamed_ready = false;
-                    let sql = read_cstr(body).map_or(body, |(q, _)| q);
+                    // The body is the SQL and its NUL: no search for the end. A
+                    // body with a NUL inside is refused by PostgreSQL ("invalid
+                    // message format"); scanning past that NUL only adds bytes.
+                    let sql = body.strip_suffix(&[0]).unwrap_or(body);
                     match judge(sql, &st.policy) {
                         Ok(Judged::Run(effect)) => {
                             self.effect.merge(&effect);
@@ -1065,6 +1068,25 @@ mod tests {
         feed(&mut t, &mut sets, &msg(b'B', b"\0s1\0\0\0\0\0\0\0"));
         assert!(t.effect.settings);
         assert_eq!(t.effect.custom, ["a.b"]);
+    }
+
+    #[test]
+    fn a_query_is_judged_whole_even_past_a_nul_inside() {
+        // PostgreSQL refuses such a message; were it ever to run what follows
+        // the first NUL, the guard has seen that part too.
+        let (mut t, mut sets) = (Tracker::new(), Sets::new());
+        feed(
+            &mut t,
+            &mut sets,
+            &msg(b'Q', b"SELECT 1\0SELECT pg_advisory_lock(1)\0"),
+        );
+        assert!(t.effect.reset);
+        let mut t = Tracker::new();
+        feed(&mut t, &mut sets, &msg(b'Q', b"SELECT 1\0"));
+        assert_eq!(t.effect, Effect::default());
+        // No NUL at all: the whole body.
+        feed(&mut t, &mut sets, &msg(b'Q', b"SET work_mem = '1GB'"));
+        assert!(t.effect.settings);
     }
 
     #[test]
