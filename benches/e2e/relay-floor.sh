@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# User-space instructions per transaction of the least a proxy's event loop
+# can do: a 1:1 byte relay (examples/relay_floor.rs) on a raw epoll loop and
+# on tokio, counted as instr-per-tx.sh counts the poolers. PostgreSQL must be
+# up (pg-start.sh); the relays forward pgbench straight to it.
+# usage: relay-floor.sh [MODES]     (default "simple extended")
+set -euo pipefail
+HERE=$(cd "$(dirname "$0")" && pwd); source "$HERE/env.sh"
+ROOT=$(cd "$HERE/../.." && pwd)
+PORT=${FLOOR_PORT:-7450}
+cargo build --release --quiet --manifest-path "$ROOT/Cargo.toml" --example relay_floor
+BIN=$ROOT/target/release/examples/relay_floor
+DIR=$ANCHORS/relay-floor; mkdir -p "$DIR"
+for mode in epoll tokio tokio-ready; do
+  PIDFILE=$DIR/vg.pid START_CMD="(valgrind --tool=callgrind --callgrind-out-file=\$CG_OUT $BIN $mode 127.0.0.1:$PORT 127.0.0.1:$PG_PORT > $DIR/vg.log 2>&1 & echo \$! > $DIR/vg.pid)" \
+    "$HERE/instr-per-tx.sh" "relay-$mode" "$PORT" "${1:-simple extended}"
+done
