@@ -1,6 +1,6 @@
 //! The least user-space work a proxy's event loop can do per transaction: a
 //! 1:1 byte relay (one server connection per client, no pooling, no parsing)
-//! on one thread, built two ways, for `benches/e2e/relay-floor.sh` to count
+//! on one thread, built three ways, for `benches/e2e/relay-floor.sh` to count
 //! with callgrind against pgtenant's and PgBouncer's counts.
 //!
 //!   epoll  a raw epoll loop: one `epoll_wait`, then one `recv` and one `send`
