@@ -99,15 +99,32 @@ pub struct ClientStatements {
     /// it on another server (the buffer is reused: no allocation per `Parse`).
     unnamed: Vec<u8>,
     has_unnamed: bool,
+    /// The keyword scan found nothing in `unnamed`'s query: the same bytes
+    /// again need no judging (a verdict of the parser, which depends on the
+    /// policy of the moment, is never reused).
+    unnamed_clean: bool,
     unnamed_effect: Effect,
 }
 
 impl ClientStatements {
-    pub fn set_unnamed(&mut self, rest: &[u8], effect: Effect) {
+    /// `clean`: the keyword scan passed the query (`effect` is then empty).
+    pub fn set_unnamed(&mut self, rest: &[u8], effect: Effect, clean: bool) {
         self.unnamed.clear();
         self.unnamed.extend_from_slice(rest);
         self.has_unnamed = true;
+        self.unnamed_clean = clean;
         self.unnamed_effect = effect;
+    }
+
+    /// An unnamed `Parse` of the same body as the last one, whose query the
+    /// keyword scan passed: it stands again, with no scan and no copy (drivers
+    /// that do not prepare send the same text with every execution).
+    pub fn reuse_unnamed(&mut self, rest: &[u8]) -> bool {
+        let same = self.unnamed_clean && self.unnamed[..] == *rest;
+        if same {
+            self.has_unnamed = true;
+        }
+        same
     }
 
     pub fn unnamed_effect(&self) -> &Effect {

@@ -212,6 +212,35 @@ async fn a_statement_prepared_by_one_tenant_is_not_executable_by_another() {
     assert_eq!(exchange(&mut acme, &out, 1).await, ["E26000", "ZI"]);
 }
 
+/// Drivers that do not prepare send the same unnamed `Parse` with every
+/// execution, and the proxy lets a clean text stand without judging it
+/// again: an escape attempt sent the same way is refused every time, and
+/// the clean text after it still runs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_repeated_unnamed_parse_is_refused_every_time_it_escapes() {
+    let (proxy, db) = setup("escape_unnamed").await;
+    let mut acme = raw_login(proxy.port, "app.acme", APP_PASSWORD, &db).await;
+    let parse_bind_execute = |sql: &str| {
+        let mut out = BytesMut::new();
+        frontend::parse("", sql, [], &mut out).unwrap();
+        out.extend_from_slice(&bind_execute_sync(""));
+        out
+    };
+    let tenant = parse_bind_execute("SELECT current_setting('app.current_tenant')");
+    let escape = parse_bind_execute("SELECT set_config('app.current_tenant', 'umbrella', false)");
+    for _ in 0..3 {
+        assert_eq!(
+            exchange(&mut acme, &tenant, 1).await,
+            ["1", "2", "Dacme", "CSELECT 1", "ZI"]
+        );
+        assert_eq!(exchange(&mut acme, &escape, 1).await, ["E42501", "ZI"]);
+    }
+    assert_eq!(
+        exchange(&mut acme, &tenant, 1).await,
+        ["1", "2", "Dacme", "CSELECT 1", "ZI"]
+    );
+}
+
 /// `Bind` of statement `name`, `Execute`, `Sync`.
 fn bind_execute_sync(name: &str) -> BytesMut {
     let mut out = BytesMut::new();

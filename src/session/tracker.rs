@@ -345,8 +345,18 @@ impl Tracker {
     ) -> Result<(), RelayError> {
         self.unsynced = true;
         let (name, rest) = read_cstr(body).ok_or_else(|| malformed("Parse"))?;
+        if name.is_empty() && st.client.reuse_unnamed(rest) {
+            self.unnamed_parsed();
+            return Ok(());
+        }
         let (query, _) = read_cstr(rest).ok_or_else(|| malformed("Parse"))?;
-        let effect = match judge(query, &st.policy) {
+        let clean = !scan::may_change_session(query);
+        let judged = if clean {
+            Ok(Judged::Run(Effect::default()))
+        } else {
+            judge_flagged(query, &st.policy)
+        };
+        let effect = match judged {
             Ok(Judged::Run(effect)) => effect,
             // DEALLOCATE / DISCARD ALL are answered only as simple queries.
             Ok(_) => {
@@ -359,9 +369,8 @@ impl Tracker {
             }
         };
         if name.is_empty() {
-            st.client.set_unnamed(rest, effect);
-            self.unnamed_ready = true;
-            self.replies.push_back(Reply::Parse(Some(Undo::Unnamed)));
+            st.client.set_unnamed(rest, effect, clean);
+            self.unnamed_parsed();
             return Ok(());
         }
         let refused = if st.client.contains(name) {
@@ -389,6 +398,12 @@ impl Tracker {
             self.write_prepare(&statement, st, w.out, reply);
         }
         Ok(())
+    }
+
+    /// An unnamed `Parse` forwarded as it came; its reply is the server's.
+    fn unnamed_parsed(&mut self) {
+        self.unnamed_ready = true;
+        self.replies.push_back(Reply::Parse(Some(Undo::Unnamed)));
     }
 
     fn bind(
@@ -881,6 +896,11 @@ fn judge(sql: &[u8], policy: &Policy) -> Result<Judged, ClientError> {
     if !scan::may_change_session(sql) {
         return Ok(Judged::Run(Effect::default()));
     }
+    judge_flagged(sql, policy)
+}
+
+/// [`judge`] for SQL the keyword scan flagged: the parser decides.
+fn judge_flagged(sql: &[u8], policy: &Policy) -> Result<Judged, ClientError> {
     let Ok(text) = std::str::from_utf8(sql) else {
         return Ok(Judged::Run(Effect {
             reset: true,
@@ -1087,6 +1107,32 @@ mod tests {
         // No NUL at all: the whole body.
         feed(&mut t, &mut sets, &msg(b'Q', b"SET work_mem = '1GB'"));
         assert!(t.effect.settings);
+    }
+
+    #[test]
+    fn an_unnamed_parse_is_judged_again_unless_the_scan_passed_it() {
+        let (mut t, mut sets) = (Tracker::new(), Sets::new());
+        // Passed by the scan: sent again, it stands as it came.
+        let clean = msg(b'P', b"\0SELECT 1\0\0\0");
+        for _ in 0..2 {
+            let (n, _, out) = feed(&mut t, &mut sets, &clean);
+            assert_eq!(n, clean.len());
+            assert!(out.is_empty(), "forwarded as it came");
+        }
+        assert_eq!(sets.client.unnamed(), Some(&b"SELECT 1\0\0\0"[..]));
+        // Passed by the parser under one policy: judged again under the next.
+        let flagged = msg(b'P', b"\0SELECT set_config('app.other', 'x', false)\0\0\0");
+        let (_, _, out) = feed(&mut t, &mut sets, &flagged);
+        assert!(out.is_empty());
+        sets.policy.tenant_setting = "app.other";
+        let (_, _, out) = feed(&mut t, &mut sets, &flagged);
+        assert!(
+            out.starts_with(FAILING_PARSE),
+            "now it sets the tenant setting"
+        );
+        // A refused Parse leaves the last clean one standing for the next.
+        feed(&mut t, &mut sets, &clean);
+        assert_eq!(sets.client.unnamed(), Some(&b"SELECT 1\0\0\0"[..]));
     }
 
     #[test]
