@@ -674,6 +674,9 @@ impl<S: ClientStream> Relay<S> {
         w.cout.clear();
         for frame in &mut frames {
             let frame = frame.map_err(|e| RelayError::ServerLost(std::io::Error::other(e)))?;
+            if frame.tag == b'D' && w.t.rows_pass() {
+                continue;
+            }
             match w.t.server_message(frame.tag, frame.body(buf), &mut st)? {
                 Action::Forward => match frame.tag {
                     b'Z' => w.counts.queries += 1,

@@ -222,6 +222,12 @@ impl Tracker {
         (!self.resend.is_empty()).then(|| self.resend.split())
     }
 
+    /// Whether a `DataRow` now belongs to a client's result and goes as it
+    /// came, with nothing to track: the common case, once per row.
+    pub fn rows_pass(&self) -> bool {
+        matches!(self.replies.front(), Some(Reply::Query | Reply::Execute))
+    }
+
     pub fn at_boundary(&self) -> bool {
         self.replies.iter().all(|r| matches!(r, Reply::CopyEnd))
             && !self.unsynced
@@ -1133,6 +1139,32 @@ mod tests {
         // A refused Parse leaves the last clean one standing for the next.
         feed(&mut t, &mut sets, &clean);
         assert_eq!(sets.client.unnamed(), Some(&b"SELECT 1\0\0\0"[..]));
+    }
+
+    #[test]
+    fn rows_pass_unexamined_only_inside_a_clients_result() {
+        let (mut t, mut sets) = (Tracker::new(), Sets::new());
+        t.own_query();
+        feed(&mut t, &mut sets, &msg(b'Q', b"SELECT 1\0"));
+        assert!(
+            !t.rows_pass(),
+            "rows of the proxy's own query are swallowed"
+        );
+        assert_eq!(reply(&mut t, &mut sets, b'D', b"\0\0"), Action::Swallow);
+        reply(&mut t, &mut sets, b'Z', b"I");
+        assert!(t.rows_pass());
+        assert_eq!(reply(&mut t, &mut sets, b'D', b"\0\0"), Action::Forward);
+        reply(&mut t, &mut sets, b'Z', b"I");
+        let mut buf = msg(b'P', b"\0SELECT 1\0\0\0");
+        buf.extend(msg(b'B', b"\0\0\0\0\0\0\0\0"));
+        buf.extend(msg(b'E', b"\0\0\0\0\0"));
+        buf.extend(msg(b'S', b""));
+        feed(&mut t, &mut sets, &buf);
+        assert!(!t.rows_pass(), "a ParseComplete is owed first");
+        reply(&mut t, &mut sets, b'1', b"");
+        reply(&mut t, &mut sets, b'2', b"");
+        assert!(t.rows_pass());
+        assert_eq!(reply(&mut t, &mut sets, b'D', b"\0\0"), Action::Forward);
     }
 
     #[test]
