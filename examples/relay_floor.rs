@@ -14,7 +14,7 @@
 //! usage: relay_floor epoll|tokio|tokio-ready LISTEN UPSTREAM
 
 use std::net::{TcpListener, TcpStream};
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsFd, OwnedFd};
 
 use rustix::event::{PollFd, PollFlags, epoll};
 use rustix::io::Errno;
@@ -45,22 +45,16 @@ fn raw_epoll(listen: &str, upstream: &str) {
     let listener = TcpListener::bind(listen).expect("bind");
     listener.set_nonblocking(true).expect("non-blocking");
     let ep = epoll::create(epoll::CreateFlags::CLOEXEC).expect("epoll");
-    let watch = |fd: &OwnedFd, token: u64| {
+    let watch = |fd: &dyn AsFd, token: u64| {
         epoll::add(
             &ep,
-            fd,
+            fd.as_fd(),
             epoll::EventData::new_u64(token),
             epoll::EventFlags::IN,
         )
         .expect("epoll_ctl");
     };
-    epoll::add(
-        &ep,
-        &listener,
-        epoll::EventData::new_u64(LISTENER),
-        epoll::EventFlags::IN,
-    )
-    .expect("epoll_ctl");
+    watch(&listener, LISTENER);
     let mut sockets: Vec<Option<OwnedFd>> = Vec::new();
     let mut events: Vec<epoll::Event> = Vec::with_capacity(64);
     let mut buf = vec![0u8; 16 * 1024];

@@ -289,6 +289,7 @@ impl Tracker {
                     // message format"); scanning past that NUL only adds bytes.
                     let sql = body.strip_suffix(&[0]).unwrap_or(body);
                     match judge(sql, &st.policy) {
+                        Ok(Judged::Clean) => self.replies.push_back(Reply::Query),
                         Ok(Judged::Run(effect)) => {
                             self.effect.merge(&effect);
                             self.replies.push_back(Reply::Query);
@@ -356,14 +357,9 @@ impl Tracker {
             return Ok(());
         }
         let (query, _) = read_cstr(rest).ok_or_else(|| malformed("Parse"))?;
-        let clean = !scan::may_change_session(query);
-        let judged = if clean {
-            Ok(Judged::Run(Effect::default()))
-        } else {
-            judge_flagged(query, &st.policy)
-        };
-        let effect = match judged {
-            Ok(Judged::Run(effect)) => effect,
+        let (effect, clean) = match judge(query, &st.policy) {
+            Ok(Judged::Clean) => (Effect::default(), true),
+            Ok(Judged::Run(effect)) => (effect, false),
             // DEALLOCATE / DISCARD ALL are answered only as simple queries.
             Ok(_) => {
                 self.fail(frame, w, &ClientError::must_be_alone());
@@ -891,6 +887,9 @@ impl Splicer<'_> {
 }
 
 enum Judged {
+    /// The keyword scan passed it: no effect, whatever the policy.
+    Clean,
+    /// The parser's verdict under the policy of the moment.
     Run(Effect),
     Deallocate(Option<String>),
     DiscardAll,
@@ -900,13 +899,8 @@ enum Judged {
 /// parser runs only on what the cheap scan flags.
 fn judge(sql: &[u8], policy: &Policy) -> Result<Judged, ClientError> {
     if !scan::may_change_session(sql) {
-        return Ok(Judged::Run(Effect::default()));
+        return Ok(Judged::Clean);
     }
-    judge_flagged(sql, policy)
-}
-
-/// [`judge`] for SQL the keyword scan flagged: the parser decides.
-fn judge_flagged(sql: &[u8], policy: &Policy) -> Result<Judged, ClientError> {
     let Ok(text) = std::str::from_utf8(sql) else {
         return Ok(Judged::Run(Effect {
             reset: true,
@@ -1139,6 +1133,22 @@ mod tests {
         // A refused Parse leaves the last clean one standing for the next.
         feed(&mut t, &mut sets, &clean);
         assert_eq!(sets.client.unnamed(), Some(&b"SELECT 1\0\0\0"[..]));
+    }
+
+    #[test]
+    fn an_unnamed_parse_the_server_failed_is_sent_again_in_full() {
+        let (mut t, mut sets) = (Tracker::new(), Sets::new());
+        let mut buf = msg(b'P', b"\0SELEC 1\0\0\0");
+        buf.extend(msg(b'S', b""));
+        feed(&mut t, &mut sets, &buf);
+        reply(&mut t, &mut sets, b'E', b"C42601\0\0");
+        reply(&mut t, &mut sets, b'Z', b"I");
+        assert_eq!(sets.client.unnamed(), None, "undone with its error");
+        // The same bytes again: the client's statement again, forwarded as it came.
+        let (n, _, out) = feed(&mut t, &mut sets, &buf);
+        assert_eq!((n, out.is_empty()), (buf.len(), true));
+        assert_eq!(sets.client.unnamed(), Some(&b"SELEC 1\0\0\0"[..]));
+        assert!(!t.rows_pass(), "its ParseComplete is owed first");
     }
 
     #[test]
