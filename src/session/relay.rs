@@ -6,6 +6,7 @@
 //! swallowed, and the last status was `I`. Anything else at the moment the client
 //! goes away means the server is closed, never reused.
 
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -313,12 +314,8 @@ impl<S: ClientStream> Relay<S> {
                 _ => {}
             }
             // Boxed: a session's future is as big as its biggest state, and
-            // most sessions sit idle in the smallest one, waiting above. The
-            // allocation comes first so that the future (about 850 bytes) is
-            // made in place: `Box::pin(self.request())` made it on the stack
-            // and copied it, about 110 instructions a transaction.
-            let request = Box::write(Box::new_uninit(), self.request());
-            if !Box::into_pin(request).await? {
+            // most sessions sit idle in the smallest one, waiting above.
+            if !boxed(|| self.request()).await? {
                 return Ok(());
             }
         }
@@ -348,7 +345,7 @@ impl<S: ClientStream> Relay<S> {
             .checkout_now(started + self.session.tier.queue_timeout)
         {
             Ok(lease) => (Ok(lease), started, Duration::ZERO),
-            Err(pending) => match Box::pin(self.checkout(pending)).await? {
+            Err(pending) => match boxed(|| self.checkout(pending)).await? {
                 Some(checkout) => {
                     let began = Instant::now();
                     (checkout, began, began - started)
@@ -741,6 +738,14 @@ impl<S: ClientStream> Relay<S> {
         }
         Ok(())
     }
+}
+
+/// `make()`'s value on the heap, made there: the allocation comes first, so
+/// that a future is built in place. `Box::pin(self.request())` built the
+/// request's future (about 850 bytes) on the stack and copied it, about 110
+/// instructions a transaction.
+fn boxed<T>(make: impl FnOnce() -> T) -> Pin<Box<T>> {
+    Box::into_pin(Box::write(Box::new_uninit(), make()))
 }
 
 fn saturate(limit: usize) -> u32 {
