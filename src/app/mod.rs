@@ -285,3 +285,28 @@ impl Deliveries {
         matches!(self.0.read(&mut bytes).await, Ok(n) if n > 0)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use signal_hook::consts::SIGUSR2;
+    use signal_hook::low_level::raise;
+
+    /// Nothing else in the test process handles SIGUSR2.
+    #[tokio::test]
+    async fn a_signal_is_read_once_however_often_it_came_meanwhile() {
+        let mut usr2 = Deliveries::of(SIGUSR2).unwrap();
+        let quiet = Duration::from_millis(100);
+        // The handler's registration probes the socket with an empty send:
+        // that is no delivery.
+        assert!(tokio::time::timeout(quiet, usr2.recv()).await.is_err());
+        raise(SIGUSR2).unwrap();
+        raise(SIGUSR2).unwrap();
+        let read = tokio::time::timeout(Duration::from_secs(5), usr2.recv()).await;
+        assert_eq!(read, Ok(true));
+        assert!(tokio::time::timeout(quiet, usr2.recv()).await.is_err());
+        raise(SIGUSR2).unwrap();
+        let read = tokio::time::timeout(Duration::from_secs(5), usr2.recv()).await;
+        assert_eq!(read, Ok(true));
+    }
+}
