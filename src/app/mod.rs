@@ -267,7 +267,7 @@ pub async fn shutdown_signal() -> Stop {
 /// Deliveries of one signal, read on the runtime that asks for them: the
 /// handler (signal-hook's) writes a byte to a socket pair. Not tokio's signal
 /// driver, which every runtime with I/O then checks on each park, the
-/// workers' too (about 55 instructions a transaction).
+/// workers' too (about 40–55 instructions a transaction at 4 clients).
 struct Deliveries(tokio::net::UnixStream);
 
 impl Deliveries {
