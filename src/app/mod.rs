@@ -21,6 +21,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
+use signal_hook::SigId;
 use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 use tokio::io::AsyncReadExt;
 use tokio::net::{TcpListener, TcpStream};
@@ -268,29 +269,42 @@ pub async fn shutdown_signal() -> Stop {
 /// handler (signal-hook's) writes a byte to a socket pair. Not tokio's signal
 /// driver, which every runtime with I/O then checks on each park, the
 /// workers' too (about 40–55 instructions a transaction at 4 clients).
-struct Deliveries(tokio::net::UnixStream);
+/// Dropping it takes the handler's action (and its end of the pair) away, so
+/// a proxy run in-process again and again leaves none behind.
+struct Deliveries {
+    read: tokio::net::UnixStream,
+    action: SigId,
+}
 
 impl Deliveries {
     fn of(signal: i32) -> std::io::Result<Deliveries> {
         let (read, write) = std::os::unix::net::UnixStream::pair()?;
         read.set_nonblocking(true)?;
-        signal_hook::low_level::pipe::register(signal, write)?;
-        Ok(Deliveries(tokio::net::UnixStream::from_std(read)?))
+        // The reading end first: registered, the action must be owned.
+        let read = tokio::net::UnixStream::from_std(read)?;
+        let action = signal_hook::low_level::pipe::register(signal, write)?;
+        Ok(Deliveries { read, action })
     }
 
     /// The next delivery (deliveries that came meanwhile count as one);
     /// `false` if the handler's end is gone.
     async fn recv(&mut self) -> bool {
         let mut bytes = [0u8; 64];
-        matches!(self.0.read(&mut bytes).await, Ok(n) if n > 0)
+        matches!(self.read.read(&mut bytes).await, Ok(n) if n > 0)
+    }
+}
+
+impl Drop for Deliveries {
+    fn drop(&mut self) {
+        signal_hook::low_level::unregister(self.action);
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use signal_hook::consts::SIGUSR2;
-    use signal_hook::low_level::raise;
+    use signal_hook::consts::{SIGUSR1, SIGUSR2};
+    use signal_hook::low_level::{raise, unregister};
 
     /// Nothing else in the test process handles SIGUSR2.
     #[tokio::test]
@@ -308,5 +322,14 @@ mod tests {
         raise(SIGUSR2).unwrap();
         let read = tokio::time::timeout(Duration::from_secs(5), usr2.recv()).await;
         assert_eq!(read, Ok(true));
+    }
+
+    /// SIGUSR1 is this test's alone, and it raises nothing.
+    #[tokio::test]
+    async fn dropped_deliveries_leave_no_action_behind() {
+        let usr1 = Deliveries::of(SIGUSR1).unwrap();
+        let action = usr1.action;
+        drop(usr1);
+        assert!(!unregister(action), "the action was still registered");
     }
 }
