@@ -2,49 +2,23 @@
 //! for client and server sockets alike.
 
 use std::io;
-use std::os::fd::AsFd;
 
-use tokio::io::{AsyncWrite, AsyncWriteExt, Interest};
-use tokio::net::{TcpStream, UnixStream};
+use tokio::io::{AsyncWrite, AsyncWriteExt};
 
-/// A socket that can take a write at once, past the reactor: a reply that
-/// fits the socket's send buffer (nearly all of them) goes out in one `send`
-/// without tokio's readiness bookkeeping, about 300 instructions a
-/// transaction. TLS never can (`0`): rustls must see every byte.
+use crate::workers::Socket;
+
+/// A socket that can take a write at once, past the event loop: a reply
+/// that fits the socket's send buffer (nearly all of them) goes out in one
+/// `send` without readiness bookkeeping. TLS never can (`0`): rustls must
+/// see every byte.
 pub trait WriteNow {
     /// How much of `bytes` the socket took; `0` when it would block.
     fn write_now(&self, bytes: &[u8]) -> io::Result<usize>;
 }
 
-impl WriteNow for TcpStream {
+impl WriteNow for Socket {
     fn write_now(&self, bytes: &[u8]) -> io::Result<usize> {
-        zero_if_blocked(self.try_io(Interest::WRITABLE, || send_raw(self, bytes)))
-    }
-}
-
-impl WriteNow for UnixStream {
-    fn write_now(&self, bytes: &[u8]) -> io::Result<usize> {
-        zero_if_blocked(self.try_io(Interest::WRITABLE, || send_raw(self, bytes)))
-    }
-}
-
-/// One `send` system call, made directly (rustix), not through glibc's
-/// wrapper, which as a thread cancellation point costs two calls around the
-/// system call (about 40 instructions). `EAGAIN` comes back as `WouldBlock`,
-/// which `try_io` needs to see to clear tokio's readiness.
-fn send_raw(socket: impl AsFd, bytes: &[u8]) -> io::Result<usize> {
-    Ok(rustix::net::send(
-        socket,
-        bytes,
-        rustix::net::SendFlags::NOSIGNAL,
-    )?)
-}
-
-/// A non-blocking try's count, `0` when it would block (the async path takes over).
-fn zero_if_blocked(tried: io::Result<usize>) -> io::Result<usize> {
-    match tried {
-        Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(0),
-        other => other,
+        Socket::write_now(self, bytes)
     }
 }
 
@@ -71,6 +45,7 @@ pub async fn send_now<S: AsyncWrite + WriteNow + Unpin>(
 pub(crate) mod tests {
     use super::*;
     use tokio::io::AsyncReadExt;
+    use tokio::net::{TcpStream, UnixStream};
 
     /// A connected pair of loopback sockets: (client, accepted side). Also
     /// for the session layer's tests.
@@ -83,7 +58,8 @@ pub(crate) mod tests {
 
     #[tokio::test]
     async fn a_full_socket_takes_nothing_now_and_the_rest_waits_for_room() {
-        let (mut near, mut far) = UnixStream::pair().unwrap();
+        let (near, mut far) = UnixStream::pair().unwrap();
+        let mut near = Socket::from_unix(near).unwrap();
         // More than any socket buffer: the first try takes part, then 0.
         let bytes: Vec<u8> = (0..4 << 20).map(|i| i as u8).collect();
         let took = near.write_now(&bytes).unwrap();
@@ -105,7 +81,8 @@ pub(crate) mod tests {
 
     #[tokio::test]
     async fn a_closed_peer_fails_the_send_as_a_broken_pipe() {
-        let (mut near, far) = UnixStream::pair().unwrap();
+        let (near, far) = UnixStream::pair().unwrap();
+        let mut near = Socket::from_unix(near).unwrap();
         drop(far);
         let e = near.write_now(b"Z").unwrap_err();
         assert_eq!(e.kind(), io::ErrorKind::BrokenPipe, "{e}");
@@ -123,6 +100,7 @@ pub(crate) mod tests {
         // The reset arrives with the loopback's next turn.
         let mut byte = [0u8; 1];
         let _ = near.read(&mut byte).await;
+        let mut near = Socket::from_tcp(near).unwrap();
         let e = near.write_now(b"Z").unwrap_err();
         assert!(
             matches!(

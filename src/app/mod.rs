@@ -156,8 +156,7 @@ fn accept(deps: &Arc<Deps>, workers: &Workers, stream: TcpStream, peer: SocketAd
             };
             let task = Arc::default();
             let session = session::serve(stream, Arc::clone(deps), peer, slot, Arc::clone(&task));
-            let handle = workers.spawn(session);
-            let _ = task.set(handle.abort_handle());
+            let _ = task.set(workers.spawn(session));
         }
         None => {
             tracing::warn!(%peer, limit, "refused a client: max_client_connections reached");

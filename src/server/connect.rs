@@ -13,7 +13,7 @@ use super::stream::TlsSocket;
 use super::{CancelTarget, Server, ServerAddr, ServerError, ServerStream};
 use crate::config::Cluster;
 use crate::protocol::build;
-use crate::workers;
+use crate::workers::{self, Socket};
 
 /// Opens, authenticates and readies one server connection within the cluster's
 /// `connect_timeout`. Cancel-safe: dropping the future just drops the socket.
@@ -23,7 +23,8 @@ pub async fn connect(cluster: &Cluster) -> Result<Server, ServerError> {
         .map_err(|_| ServerError::Timeout(cluster.connect_timeout))?
 }
 
-/// A socket to the cluster, TLS not yet negotiated. Also the health probe's
+/// A socket to the cluster (on this worker's epoll set, if this is a
+/// worker), TLS not yet negotiated. Also the health probe's
 /// reachability check.
 pub async fn open(cluster: &Cluster) -> Result<(Socket, ServerAddr), ServerError> {
     let failed = |addr: String| move |source| ServerError::Connect { addr, source };
@@ -31,28 +32,22 @@ pub async fn open(cluster: &Cluster) -> Result<(Socket, ServerAddr), ServerError
         let socket = UnixStream::connect(&path)
             .await
             .map_err(failed(path.display().to_string()))?;
-        return Ok((Socket::Unix(socket), ServerAddr::Unix(path.into())));
+        return Ok((Socket::from_unix(socket)?, ServerAddr::Unix(path.into())));
     }
     let addr = format!("{}:{}", cluster.host, cluster.port);
     let socket = TcpStream::connect(&addr).await.map_err(failed(addr))?;
     socket.set_nodelay(true)?;
     let peer = socket.peer_addr()?;
-    Ok((Socket::Tcp(socket), ServerAddr::Tcp(peer)))
-}
-
-/// A freshly opened socket to a cluster.
-pub enum Socket {
-    Tcp(TcpStream),
-    Unix(UnixStream),
+    Ok((Socket::from_tcp(socket)?, ServerAddr::Tcp(peer)))
 }
 
 async fn connect_inner(cluster: &Cluster) -> Result<Server, ServerError> {
     let (socket, peer) = open(cluster).await?;
-    let mut stream = match socket {
-        Socket::Tcp(tcp) => negotiate_tls(tcp, cluster).await?,
+    let mut stream = match peer {
+        ServerAddr::Tcp(_) => negotiate_tls(socket, cluster).await?,
         // As libpq: no TLS on a Unix-domain socket (config allows only
         // `disable` and `prefer` there).
-        Socket::Unix(unix) => ServerStream::Unix(unix),
+        ServerAddr::Unix(_) => ServerStream::Plain(socket),
     };
 
     let mut out = BytesMut::new();
@@ -106,7 +101,7 @@ async fn connect_inner(cluster: &Cluster) -> Result<Server, ServerError> {
 /// Asks for TLS when the cluster's mode wants it (an SSLRequest, then the
 /// handshake on `S`). One byte is read, so nothing sent in the clear before the
 /// handshake can be taken for part of it.
-async fn negotiate_tls(mut tcp: TcpStream, cluster: &Cluster) -> Result<ServerStream, ServerError> {
+async fn negotiate_tls(mut tcp: Socket, cluster: &Cluster) -> Result<ServerStream, ServerError> {
     if !cluster.tls.requested() {
         return Ok(ServerStream::Plain(tcp));
     }

@@ -17,7 +17,7 @@ use crate::prepared::ServerStatements;
 use crate::tenant::context::TenantContext;
 use crate::workers::{self, WorkerId};
 
-pub use connect::{Socket, connect, open};
+pub use connect::{connect, open};
 pub use stream::ServerStream;
 
 #[derive(Debug, thiserror::Error)]

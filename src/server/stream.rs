@@ -5,65 +5,48 @@ use std::io;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
-use tokio::io::{AsyncRead, AsyncWrite, Interest, ReadBuf};
-use tokio::net::{TcpStream, UnixStream};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio_rustls::client::TlsStream;
 
 use crate::net::{WriteNow, send_now};
+use crate::workers::Socket;
 
 pub enum ServerStream {
-    Plain(TcpStream),
+    /// TCP or Unix-domain.
+    Plain(Socket),
     Tls(Box<TlsStream<TlsSocket>>),
-    Unix(UnixStream),
 }
 
-/// Dispatches one expression over the three kinds of socket.
+/// Dispatches one expression over the two kinds of stream.
 macro_rules! each {
     ($stream:expr, $s:ident => $e:expr) => {
         match $stream {
             ServerStream::Plain($s) => $e,
             ServerStream::Tls($s) => $e,
-            ServerStream::Unix($s) => $e,
         }
     };
 }
 
 impl ServerStream {
     /// Whether the socket has nothing to read and is not closed, as an idle
-    /// server's must be: a pending byte is a FATAL (terminated backend) and a
-    /// zero-byte read is EOF. Costs a syscall only when tokio already saw the
-    /// socket become readable.
+    /// server's must be (see [`Socket::quiet`]).
     pub fn quiet(&self) -> bool {
-        fn quiet(ready: io::Result<()>, read: impl FnOnce(&mut [u8]) -> io::Result<usize>) -> bool {
-            let would_block = |e: &io::Error| e.kind() == io::ErrorKind::WouldBlock;
-            match ready {
-                Err(e) if would_block(&e) => true,
-                _ => matches!(read(&mut [0u8; 1]), Err(e) if would_block(&e)),
-            }
-        }
-        let probe = || Ok(());
         match self {
-            ServerStream::Plain(s) => quiet(s.try_io(Interest::READABLE, probe), |b| s.try_read(b)),
-            ServerStream::Tls(s) => match &s.get_ref().0.0 {
-                Some(s) => quiet(s.try_io(Interest::READABLE, probe), |b| s.try_read(b)),
-                None => false,
-            },
-            ServerStream::Unix(s) => quiet(s.try_io(Interest::READABLE, probe), |b| s.try_read(b)),
+            ServerStream::Plain(s) => s.quiet(),
+            ServerStream::Tls(s) => s.get_ref().0.0.as_ref().is_some_and(Socket::quiet),
         }
     }
 
-    /// The same socket, registered with the reactor of the worker this runs
-    /// on (see [`crate::workers`]): two `epoll_ctl` calls. An error leaves
-    /// the connection unusable.
+    /// The same socket, in the epoll set of the worker this runs on (see
+    /// [`crate::workers`]). An error leaves the connection unusable.
     pub fn rehome(self) -> io::Result<ServerStream> {
         Ok(match self {
-            ServerStream::Plain(s) => ServerStream::Plain(TcpStream::from_std(s.into_std()?)?),
-            ServerStream::Unix(s) => ServerStream::Unix(UnixStream::from_std(s.into_std()?)?),
+            ServerStream::Plain(s) => ServerStream::Plain(s.rehome()?),
             ServerStream::Tls(mut s) => {
                 // The TLS session stays; only the socket under it moves.
                 let socket = &mut s.get_mut().0.0;
                 let moved = match socket.take() {
-                    Some(tcp) => TcpStream::from_std(tcp.into_std()?)?,
+                    Some(tcp) => tcp.rehome()?,
                     None => return Err(gone()),
                 };
                 *socket = Some(moved);
@@ -84,7 +67,6 @@ impl WriteNow for ServerStream {
     fn write_now(&self, bytes: &[u8]) -> io::Result<usize> {
         match self {
             ServerStream::Plain(s) => s.write_now(bytes),
-            ServerStream::Unix(s) => s.write_now(bytes),
             ServerStream::Tls(_) => Ok(0),
         }
     }
@@ -121,7 +103,7 @@ impl AsyncWrite for ServerStream {
 /// The TCP socket under a server's TLS session. An `Option` so that the
 /// socket can be moved to another worker's reactor without ending the
 /// session (`None` only if that move failed).
-pub struct TlsSocket(pub Option<TcpStream>);
+pub struct TlsSocket(pub Option<Socket>);
 
 fn gone() -> io::Error {
     io::Error::new(

@@ -12,8 +12,8 @@ use std::sync::{Arc, LazyLock, Mutex, OnceLock};
 use std::task::Poll;
 use std::time::{Duration, Instant, SystemTime};
 
+use crate::workers::AbortHandle;
 use futures_util::task::AtomicWaker;
-use tokio::task::AbortHandle;
 
 use crate::config::Tier;
 

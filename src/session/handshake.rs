@@ -6,20 +6,20 @@
 use std::sync::Arc;
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
-use tokio::net::TcpStream;
 use tokio_rustls::server::TlsStream;
 
 use crate::net::send;
 use crate::protocol::startup::{self, Initial, StartupError, StartupMessage};
 use crate::tls::{ALPN, ClientTls, Listener};
+use crate::workers::Socket;
 
 /// The first byte of a TLS ClientHello record; a length word never starts so.
 const TLS_HANDSHAKE: u8 = 0x16;
 
 pub enum Handshake {
-    Plain(TcpStream, StartupMessage),
+    Plain(Socket, StartupMessage),
     /// With the `tls-server-end-point` data of the certificate this handshake used.
-    Tls(Box<TlsStream<TcpStream>>, StartupMessage, Arc<[u8]>),
+    Tls(Box<TlsStream<Socket>>, StartupMessage, Arc<[u8]>),
     Cancel {
         process_id: i32,
         secret: Vec<u8>,
@@ -47,7 +47,7 @@ pub enum HandshakeError {
 /// Reads packets until a StartupMessage or CancelRequest arrives, switching to
 /// TLS when asked and configured.
 pub async fn handshake(
-    mut tcp: TcpStream,
+    mut tcp: Socket,
     tls: &ClientTls,
     max_len: usize,
 ) -> Result<Handshake, HandshakeError> {
@@ -83,7 +83,7 @@ pub async fn handshake(
 
 /// The TLS handshake, then the startup packet or cancel request inside it.
 async fn over_tls(
-    tcp: TcpStream,
+    tcp: Socket,
     listener: &Listener,
     direct: bool,
     max_len: usize,
@@ -141,10 +141,13 @@ mod tests {
         let mut bytes = packet(SSL_REQUEST_CODE, b"");
         bytes.extend(packet(PROTOCOL_3_0, b"user\0u\0\0"));
         client.write_all(&bytes).await.unwrap();
-        let Handshake::Plain(_, m) = handshake(proxy, &ClientTls::disabled(), 10_000)
-            .await
-            .unwrap()
-        else {
+        let Handshake::Plain(_, m) = handshake(
+            Socket::from_tcp(proxy).unwrap(),
+            &ClientTls::disabled(),
+            10_000,
+        )
+        .await
+        .unwrap() else {
             panic!()
         };
         assert_eq!(m.user(), "u");
@@ -165,9 +168,13 @@ mod tests {
             client.write_all(&bytes).await.unwrap();
             drop(client);
             assert!(
-                handshake(proxy, &ClientTls::disabled(), 10_000)
-                    .await
-                    .is_err(),
+                handshake(
+                    Socket::from_tcp(proxy).unwrap(),
+                    &ClientTls::disabled(),
+                    10_000
+                )
+                .await
+                .is_err(),
                 "{bytes:?} accepted"
             );
         }

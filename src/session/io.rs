@@ -3,14 +3,13 @@
 use std::task::{Context, Poll};
 
 use bytes::{Buf, BytesMut};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, Interest};
-use tokio::net::TcpStream;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio_rustls::server::TlsStream;
 
 use crate::error::ClientError;
 use crate::net::{WriteNow, send};
 use crate::protocol::frame::{FrameError, HEADER_LEN, peek_header};
-use crate::workers;
+use crate::workers::{self, Socket};
 
 /// A client connection the relay can wait on without a buffer.
 pub trait ClientStream: AsyncRead + AsyncWrite + WriteNow + Unpin + Send {
@@ -21,48 +20,32 @@ pub trait ClientStream: AsyncRead + AsyncWrite + WriteNow + Unpin + Send {
     /// Reads what has arrived into `buf`'s spare room, past the reactor, as
     /// [`WriteNow`] writes. `0` also at EOF: the async read that follows
     /// reports it.
-    fn read_now(&self, buf: &mut BytesMut) -> std::io::Result<usize>;
+    fn read_now(&mut self, buf: &mut BytesMut) -> std::io::Result<usize>;
 }
 
-impl ClientStream for TcpStream {
+impl ClientStream for Socket {
     fn poll_read_ready(&self, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        TcpStream::poll_read_ready(self, cx)
+        Socket::poll_read_ready(self, cx)
     }
 
-    fn read_now(&self, buf: &mut BytesMut) -> std::io::Result<usize> {
-        let room = buf.capacity() - buf.len();
-        let mut got = 0;
-        // A short read drained the socket: reported as WouldBlock to `try_io`,
-        // it clears tokio's readiness, as an async read would, so that the
-        // next poll waits for the reactor instead of paying an empty `recv`.
-        let tried = self.try_io(Interest::READABLE, || {
-            got = self.try_read_buf(buf)?;
-            if got > 0 && got < room {
-                Err(std::io::ErrorKind::WouldBlock.into())
-            } else {
-                Ok(())
-            }
-        });
-        match tried {
-            Err(e) if e.kind() != std::io::ErrorKind::WouldBlock => Err(e),
-            _ => Ok(got),
-        }
+    fn read_now(&mut self, buf: &mut BytesMut) -> std::io::Result<usize> {
+        Socket::read_now(self, buf)
     }
 }
 
 /// TLS may hold decrypted bytes the socket no longer shows, so a TLS session
 /// reads at once, keeping its buffer (rustls keeps its own buffers anyway).
-impl ClientStream for Box<TlsStream<TcpStream>> {
+impl ClientStream for Box<TlsStream<Socket>> {
     fn poll_read_ready(&self, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
         Poll::Ready(Ok(()))
     }
 
-    fn read_now(&self, _: &mut BytesMut) -> std::io::Result<usize> {
+    fn read_now(&mut self, _: &mut BytesMut) -> std::io::Result<usize> {
         Ok(0)
     }
 }
 
-impl WriteNow for Box<TlsStream<TcpStream>> {
+impl WriteNow for Box<TlsStream<Socket>> {
     fn write_now(&self, _: &[u8]) -> std::io::Result<usize> {
         Ok(0)
     }

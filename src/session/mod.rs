@@ -23,7 +23,6 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Instant;
 
 use arc_swap::ArcSwap;
-use tokio::task::AbortHandle;
 
 use bytes::BytesMut;
 use tokio::net::TcpStream;
@@ -35,7 +34,7 @@ use crate::metrics::Metrics;
 use crate::protocol::startup::StartupMessage;
 pub use crate::runtime::Runtime;
 use crate::tls::ClientTlsMode;
-use crate::workers;
+use crate::workers::{self, AbortHandle, Socket};
 use cancel::CancelRegistry;
 use control::Control;
 use handshake::{Handshake, HandshakeError};
@@ -263,8 +262,8 @@ pub fn serve(
 /// (Boxed: moved around as a pointer, it is not copied into each future
 /// that passes it on.)
 enum Started {
-    Plain(Box<relay::Relay<TcpStream>>),
-    Tls(Box<relay::Relay<Box<TlsStream<TcpStream>>>>),
+    Plain(Box<relay::Relay<Socket>>),
+    Tls(Box<relay::Relay<Box<TlsStream<Socket>>>>),
 }
 
 /// Handshake and login; `None` once the connection is done with (refused,
@@ -275,7 +274,7 @@ async fn start(
     peer: SocketAddr,
     task: Arc<OnceLock<AbortHandle>>,
 ) -> Option<Started> {
-    let tcp = match TcpStream::from_std(tcp) {
+    let tcp = match Socket::from_std(tcp) {
         Ok(tcp) => tcp,
         Err(e) => {
             tracing::warn!(%peer, error = %e, "could not register a client");
