@@ -28,16 +28,13 @@
 mod event_loop;
 mod socket;
 
-use std::cell::{Cell, OnceCell};
+use std::cell::Cell;
 use std::future::Future;
-use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use tokio::runtime::Handle;
-use tokio::task::JoinHandle;
 
 use event_loop::{Shared, Task};
 pub use socket::Socket;
@@ -48,8 +45,6 @@ pub type WorkerId = u16;
 
 thread_local! {
     static CURRENT: Cell<WorkerId> = const { Cell::new(0) };
-    /// Set on workers: the runtime that keeps their timers.
-    static TIMERS: OnceCell<Handle> = const { OnceCell::new() };
 }
 
 /// The worker this code runs on (`0`: not a worker).
@@ -85,9 +80,6 @@ impl Workers {
                 .spawn(move || {
                     CURRENT.set(id);
                     let _entered = runtime.enter();
-                    TIMERS
-                        .with(|t| t.set(runtime.clone()))
-                        .expect("a new thread");
                     event_loop::run(looped);
                 })?;
             workers.workers.push(shared);
@@ -139,18 +131,10 @@ impl AbortHandle {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Elapsed;
 
-/// Waits until `deadline`, on any thread: on a worker the timer is set on
-/// the runtime that keeps the workers' timers, elsewhere on the current one.
+/// Waits until `deadline`, on any thread: a worker's timers are kept by the
+/// runtime it entered, whose driver wakes the worker's task.
 pub async fn sleep_until(deadline: Instant) {
-    match TIMERS.with(|t| t.get().cloned()) {
-        None => tokio::time::sleep_until(deadline.into()).await,
-        Some(timers) => {
-            // Made inside the task: a Sleep binds to the runtime it is made on.
-            let timer =
-                timers.spawn(async move { tokio::time::sleep_until(deadline.into()).await });
-            let _ = Remote(timer).await;
-        }
-    }
+    tokio::time::sleep_until(deadline.into()).await
 }
 
 /// Runs `work` until `deadline`: `Err(Elapsed)` if it has not finished by
@@ -166,23 +150,6 @@ pub async fn timeout_at<F: Future>(deadline: Instant, work: F) -> Result<F::Outp
 /// [`timeout_at`] `limit` from now.
 pub async fn timeout<F: Future>(limit: Duration, work: F) -> Result<F::Output, Elapsed> {
     timeout_at(Instant::now() + limit, work).await
-}
-
-/// A timer task on another runtime, cancelled when its waiter goes.
-struct Remote(JoinHandle<()>);
-
-impl Future for Remote {
-    type Output = ();
-
-    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
-        Pin::new(&mut self.0).poll(cx).map(|_| ())
-    }
-}
-
-impl Drop for Remote {
-    fn drop(&mut self) {
-        self.0.abort();
-    }
 }
 
 #[cfg(test)]
@@ -296,19 +263,19 @@ mod tests {
     }
 
     #[test]
-    fn timers_on_a_worker_fire_and_are_cancelled_with_their_waiter() {
+    fn timers_on_a_worker_fire_on_the_runtime_it_entered() {
         let timers = timers();
         let workers = Workers::start(1, timers.handle()).unwrap();
         let (late, early, slept) = on(&workers, async {
             let late = timeout(Duration::from_millis(10), std::future::pending::<()>()).await;
             // Pending once, so its timer is set before it finishes.
             let mut polled = false;
-            let work = std::future::poll_fn(|cx| {
+            let work = std::future::poll_fn(|cx: &mut std::task::Context<'_>| {
                 if std::mem::replace(&mut polled, true) {
-                    Poll::Ready(7)
+                    std::task::Poll::Ready(7)
                 } else {
                     cx.waker().wake_by_ref();
-                    Poll::Pending
+                    std::task::Poll::Pending
                 }
             });
             let early = timeout(Duration::from_secs(3600), work).await;
@@ -319,12 +286,5 @@ mod tests {
         assert_eq!(late, Err(Elapsed));
         assert_eq!(early, Ok(7));
         assert!(slept >= Duration::from_millis(30), "{slept:?}");
-        // The hour-long timer went with the work that finished first.
-        let metrics = timers.handle().metrics();
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while metrics.num_alive_tasks() > 0 && Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(5));
-        }
-        assert_eq!(metrics.num_alive_tasks(), 0);
     }
 }
