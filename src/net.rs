@@ -2,8 +2,12 @@
 //! for client and server sockets alike.
 
 use std::io;
+use std::mem::MaybeUninit;
+use std::pin::Pin;
+use std::task::{Context, Poll};
 
-use tokio::io::{AsyncWrite, AsyncWriteExt};
+use bytes::BytesMut;
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 
 use crate::workers::Socket;
 
@@ -20,6 +24,21 @@ impl WriteNow for Socket {
     fn write_now(&self, bytes: &[u8]) -> io::Result<usize> {
         Socket::write_now(self, bytes)
     }
+}
+
+/// One read of `stream` appended to `buf` (at most 16 KiB): `0` at EOF. For
+/// streams that only read through `ReadBuf` (TLS); a [`Socket`] reads
+/// straight into the buffer ([`Socket::poll_read_into`]).
+pub fn poll_read_into<R: AsyncRead + Unpin>(
+    stream: &mut R,
+    cx: &mut Context<'_>,
+    buf: &mut BytesMut,
+) -> Poll<io::Result<usize>> {
+    let mut chunk = [MaybeUninit::<u8>::uninit(); 16 * 1024];
+    let mut read = ReadBuf::uninit(&mut chunk);
+    std::task::ready!(Pin::new(stream).poll_read(cx, &mut read))?;
+    buf.extend_from_slice(read.filled());
+    Poll::Ready(Ok(read.filled().len()))
 }
 
 /// Writes all of `bytes` and flushes: TLS may keep the tail of a write buffered

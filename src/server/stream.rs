@@ -5,6 +5,7 @@ use std::io;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
+use bytes::BytesMut;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio_rustls::client::TlsStream;
 
@@ -53,6 +54,19 @@ impl ServerStream {
                 ServerStream::Tls(s)
             }
         })
+    }
+
+    /// Reads what has arrived into `buf`, waiting until something has: `0`
+    /// at EOF.
+    pub fn poll_read_into(
+        &mut self,
+        cx: &mut Context<'_>,
+        buf: &mut BytesMut,
+    ) -> Poll<io::Result<usize>> {
+        match self {
+            ServerStream::Plain(s) => s.poll_read_into(cx, buf),
+            ServerStream::Tls(s) => crate::net::poll_read_into(s, cx, buf),
+        }
     }
 
     /// Writes all of `bytes` and flushes: TLS may keep the tail of a write

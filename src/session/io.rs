@@ -21,6 +21,14 @@ pub trait ClientStream: AsyncRead + AsyncWrite + WriteNow + Unpin + Send {
     /// [`WriteNow`] writes. `0` also at EOF: the async read that follows
     /// reports it.
     fn read_now(&mut self, buf: &mut BytesMut) -> std::io::Result<usize>;
+
+    /// Reads what has arrived into `buf`, waiting until something has: `0`
+    /// at EOF.
+    fn poll_read_into(
+        &mut self,
+        cx: &mut Context<'_>,
+        buf: &mut BytesMut,
+    ) -> Poll<std::io::Result<usize>>;
 }
 
 impl ClientStream for Socket {
@@ -30,6 +38,14 @@ impl ClientStream for Socket {
 
     fn read_now(&mut self, buf: &mut BytesMut) -> std::io::Result<usize> {
         Socket::read_now(self, buf)
+    }
+
+    fn poll_read_into(
+        &mut self,
+        cx: &mut Context<'_>,
+        buf: &mut BytesMut,
+    ) -> Poll<std::io::Result<usize>> {
+        Socket::poll_read_into(self, cx, buf)
     }
 }
 
@@ -42,6 +58,14 @@ impl ClientStream for Box<TlsStream<Socket>> {
 
     fn read_now(&mut self, _: &mut BytesMut) -> std::io::Result<usize> {
         Ok(0)
+    }
+
+    fn poll_read_into(
+        &mut self,
+        cx: &mut Context<'_>,
+        buf: &mut BytesMut,
+    ) -> Poll<std::io::Result<usize>> {
+        crate::net::poll_read_into(self, cx, buf)
     }
 }
 

@@ -6,6 +6,7 @@
 //! swallowed, and the last status was `I`. Anything else at the moment the client
 //! goes away means the server is closed, never reused.
 
+use std::future::poll_fn;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -632,9 +633,12 @@ impl<S: ClientStream> Relay<S> {
             let server = lease.server();
             // Server first: its replies are drained before more client input
             // is pushed at it; `biased` also saves a random draw per poll.
+            let sbuf = &mut w.sbuf;
+            let cbuf = &mut self.cbuf;
+            let client = &mut self.client;
             tokio::select! {
                 biased;
-                read = server.stream.read_buf(&mut w.sbuf) => {
+                read = poll_fn(|cx| server.stream.poll_read_into(cx, sbuf)) => {
                     if read.map_err(RelayError::ServerLost)? == 0 {
                         return Err(RelayError::ServerLost(std::io::ErrorKind::UnexpectedEof.into()));
                     }
@@ -644,7 +648,7 @@ impl<S: ClientStream> Relay<S> {
                         return Err(RelayError::ClientGone);
                     }
                 }
-                read = self.client.read_buf(&mut self.cbuf) => {
+                read = poll_fn(|cx| client.poll_read_into(cx, cbuf)) => {
                     if read.map_err(client_io)? == 0 {
                         return Err(RelayError::ClientGone);
                     }

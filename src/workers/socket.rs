@@ -130,6 +130,42 @@ impl Socket {
         }
     }
 
+    /// Reads into `buf` what has arrived (at most its spare room, or what
+    /// one `recv` takes), waiting until something has: `0` at EOF.
+    pub fn poll_read_into(
+        &mut self,
+        cx: &mut Context<'_>,
+        buf: &mut BytesMut,
+    ) -> Poll<io::Result<usize>> {
+        let room = buf.capacity() - buf.len();
+        match &mut self.0 {
+            Io::Own(own) => loop {
+                std::task::ready!(own.poll_ready(READABLE, cx));
+                if !event_loop::proceed(cx) {
+                    return Poll::Pending;
+                }
+                match own.recv(room, |got| buf.extend_from_slice(got)) {
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                    done => return Poll::Ready(done),
+                }
+            },
+            Io::Tcp(s) => loop {
+                std::task::ready!(s.poll_read_ready(cx))?;
+                match s.try_read_buf(buf) {
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                    done => return Poll::Ready(done),
+                }
+            },
+            Io::Unix(s) => loop {
+                std::task::ready!(s.poll_read_ready(cx))?;
+                match s.try_read_buf(buf) {
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                    done => return Poll::Ready(done),
+                }
+            },
+        }
+    }
+
     /// How much of `bytes` the socket took at once; `0` when it would block.
     pub fn write_now(&self, bytes: &[u8]) -> io::Result<usize> {
         match &self.0 {
