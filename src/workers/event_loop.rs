@@ -12,6 +12,7 @@ use std::cell::{Cell, OnceCell, RefCell};
 use std::collections::VecDeque;
 use std::future::Future;
 use std::os::fd::{BorrowedFd, OwnedFd};
+use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -415,15 +416,24 @@ fn poll(task: Arc<Task>) {
     let done = state & ABORTED != 0 || {
         LOCAL.with(|l| l.budget.set(BUDGET));
         let waker = Waker::from(Arc::clone(&task));
-        running
-            .as_mut()
-            .poll(&mut Context::from_waker(&waker))
-            .is_ready()
+        // A panicking session ends alone, as a tokio task would: the worker
+        // and its other sessions go on.
+        catch_unwind(AssertUnwindSafe(|| {
+            running.as_mut().poll(&mut Context::from_waker(&waker))
+        }))
+        .map_or_else(
+            |_| {
+                tracing::error!(worker = task.home.id, "a session panicked; it is closed");
+                true
+            },
+            |polled| polled.is_ready(),
+        )
     };
     if done {
         let finished = future.take();
         drop(future);
-        drop(finished);
+        // Its drop may panic too, after a panic in its poll.
+        let _ = catch_unwind(AssertUnwindSafe(move || drop(finished)));
         LOCAL.with(|l| {
             l.tasks
                 .borrow_mut()

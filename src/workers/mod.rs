@@ -228,6 +228,35 @@ mod tests {
     }
 
     #[test]
+    fn a_panicking_task_ends_alone() {
+        let timers = timers();
+        let workers = Workers::start(1, timers.handle()).unwrap();
+        let (tx, rx) = mpsc::channel::<&str>();
+        let survivor = tx.clone();
+        // Pending first, so it is polled again after the other one panics.
+        workers.spawn(async move {
+            let mut once = false;
+            std::future::poll_fn(|cx| {
+                if std::mem::replace(&mut once, true) {
+                    std::task::Poll::Ready(())
+                } else {
+                    cx.waker().wake_by_ref();
+                    std::task::Poll::Pending
+                }
+            })
+            .await;
+            let _ = survivor.send("survived");
+        });
+        workers.spawn(async move {
+            let _dropped = tx;
+            panic!("a session's bug");
+        });
+        assert_eq!(rx.recv_timeout(Duration::from_secs(5)), Ok("survived"));
+        // The worker still takes new work.
+        assert_eq!(on(&workers, async { current() }), 1);
+    }
+
+    #[test]
     fn a_socket_wakes_its_task_and_a_reader_that_never_waits_yields() {
         use tokio::io::AsyncReadExt;
         let timers = timers();
