@@ -131,12 +131,16 @@ impl Source {
         self.ready.fetch_and(!way, Ordering::AcqRel);
     }
 
+    /// Only a way that was not ready has a waiter to wake: a task waits
+    /// only after it saw the way not ready (and looks again once it has
+    /// registered). Every read event also reports the socket writable, which
+    /// it nearly always still is: no wake-up for that.
     fn mark(&self, ways: u8) {
-        self.ready.fetch_or(ways, Ordering::AcqRel);
-        if ways & READABLE != 0 {
+        let new = ways & !self.ready.fetch_or(ways, Ordering::AcqRel);
+        if new & READABLE != 0 {
             self.reader.wake();
         }
-        if ways & WRITABLE != 0 {
+        if new & WRITABLE != 0 {
             self.writer.wake();
         }
     }
