@@ -273,8 +273,17 @@ impl TryIo for tokio::net::UnixStream {
 }
 
 impl Own {
+    /// Whether this runs on the socket's worker. Reads and writes must: the
+    /// readiness they clear is set by that worker's loop without a lock, and
+    /// a clear from another thread could undo an event it just marked (a
+    /// pooled server is moved first, [`Socket::rehome`]).
+    fn at_home(&self) -> bool {
+        self.place.home.id == super::current()
+    }
+
     /// Ready that way, or the task is registered to be woken when it is.
     fn poll_ready(&self, way: u8, cx: &mut Context<'_>) -> Poll<()> {
+        debug_assert!(self.at_home(), "a socket polled off its worker");
         let source = &self.place.source;
         if source.is(way) {
             return Poll::Ready(());
@@ -316,6 +325,7 @@ impl Own {
     /// One `recv` of at most `room` bytes, handed to `put`. `EAGAIN` and a
     /// read shorter than asked (the socket is drained) clear the readiness.
     fn recv(&self, room: usize, put: impl FnOnce(&[u8])) -> io::Result<usize> {
+        debug_assert!(self.at_home(), "a socket read off its worker");
         let mut chunk = [MaybeUninit::<u8>::uninit(); CHUNK];
         let asked = room.min(CHUNK);
         match rustix::net::recv(&self.fd, &mut chunk[..asked], RecvFlags::empty()) {
@@ -336,6 +346,7 @@ impl Own {
     }
 
     fn send(&self, bytes: &[u8]) -> io::Result<usize> {
+        debug_assert!(self.at_home(), "a socket written off its worker");
         let sent = send_raw(&self.fd, bytes);
         if matches!(&sent, Err(e) if e.kind() == io::ErrorKind::WouldBlock) {
             self.place.source.clear(WRITABLE);
