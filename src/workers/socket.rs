@@ -139,16 +139,9 @@ impl Socket {
     ) -> Poll<io::Result<usize>> {
         let room = buf.capacity() - buf.len();
         match &mut self.0 {
-            Io::Own(own) => loop {
-                std::task::ready!(own.poll_ready(READABLE, cx));
-                if !event_loop::proceed(cx) {
-                    return Poll::Pending;
-                }
-                match own.recv(room, |got| buf.extend_from_slice(got)) {
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-                    done => return Poll::Ready(done),
-                }
-            },
+            Io::Own(own) => own.poll_io(READABLE, cx, |_| {
+                own.recv(room, |got| buf.extend_from_slice(got))
+            }),
             Io::Tcp(s) => loop {
                 std::task::ready!(s.poll_read_ready(cx))?;
                 match s.try_read_buf(buf) {
@@ -387,17 +380,11 @@ impl AsyncRead for Socket {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
+        let room = buf.remaining();
         each!(self,
-            own => loop {
-                std::task::ready!(own.poll_ready(READABLE, cx));
-                if !event_loop::proceed(cx) {
-                    return Poll::Pending;
-                }
-                match own.recv(buf.remaining(), |got| buf.put_slice(got)) {
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-                    done => return Poll::Ready(done.map(drop)),
-                }
-            },
+            own => own
+                .poll_io(READABLE, cx, |_| own.recv(room, |got| buf.put_slice(got)))
+                .map_ok(drop),
             s => Pin::new(s).poll_read(cx, buf)
         )
     }
