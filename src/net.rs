@@ -1,5 +1,5 @@
-//! Writes that go past tokio's reactor when the socket can take them at once,
-//! for client and server sockets alike.
+//! Writes that skip the readiness wait when the socket can take them at
+//! once, for client and server sockets alike, and reads through `ReadBuf`.
 
 use std::io;
 use std::mem::MaybeUninit;

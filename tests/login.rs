@@ -253,8 +253,8 @@ async fn unreachable_cluster_gives_08001_naming_it() {
 }
 
 /// A cluster that takes the connection and never answers: the login fails
-/// with 08001 once `connect_timeout` has passed (a timer the session's worker,
-/// which has no time driver, sets on the control thread).
+/// with 08001 once `connect_timeout` has passed (a timer that the session's
+/// worker keeps on the control thread's runtime).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_silent_cluster_fails_the_login_at_connect_timeout() {
     let db = pg().database("silent");

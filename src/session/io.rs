@@ -17,7 +17,7 @@ pub trait ClientStream: AsyncRead + AsyncWrite + WriteNow + Unpin + Send {
     /// here holding no buffer, and takes one only when its client speaks.
     fn poll_read_ready(&self, cx: &mut Context<'_>) -> Poll<std::io::Result<()>>;
 
-    /// Reads what has arrived into `buf`'s spare room, past the reactor, as
+    /// Reads what has arrived into `buf`'s spare room without waiting, as
     /// [`WriteNow`] writes. `0` also at EOF: the async read that follows
     /// reports it.
     fn read_now(&mut self, buf: &mut BytesMut) -> std::io::Result<usize>;
