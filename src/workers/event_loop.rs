@@ -342,7 +342,7 @@ pub(super) fn run(shared: Arc<Shared>) {
         let _ = l.shared.set(Arc::clone(&shared));
     });
     let mut events: Vec<epoll::Event> = Vec::with_capacity(256);
-    let zero = rustix::time::Timespec {
+    let zero = rustix::event::Timespec {
         tv_sec: 0,
         tv_nsec: 0,
     };
@@ -448,7 +448,11 @@ fn poll(task: Arc<Task>) {
 
 /// One `epoll_wait` (`None`: until something happens), then the wake-ups
 /// of what it reported.
-fn look(shared: &Shared, events: &mut Vec<epoll::Event>, timeout: Option<&rustix::time::Timespec>) {
+fn look(
+    shared: &Shared,
+    events: &mut Vec<epoll::Event>,
+    timeout: Option<&rustix::event::Timespec>,
+) {
     if shared.has_freed.swap(false, Ordering::Acquire) {
         let freed = std::mem::take(&mut *lock(&shared.freed));
         LOCAL.with(|l| {
