@@ -13,12 +13,12 @@ use super::stream::TlsSocket;
 use super::{CancelTarget, Server, ServerAddr, ServerError, ServerStream};
 use crate::config::Cluster;
 use crate::protocol::build;
-use crate::workers::{self, Socket};
+use crate::workers::Socket;
 
 /// Opens, authenticates and readies one server connection within the cluster's
 /// `connect_timeout`. Cancel-safe: dropping the future just drops the socket.
 pub async fn connect(cluster: &Cluster) -> Result<Server, ServerError> {
-    workers::timeout(cluster.connect_timeout, connect_inner(cluster))
+    tokio::time::timeout(cluster.connect_timeout, connect_inner(cluster))
         .await
         .map_err(|_| ServerError::Timeout(cluster.connect_timeout))?
 }

@@ -9,7 +9,7 @@ use tokio_rustls::server::TlsStream;
 use crate::error::ClientError;
 use crate::net::{WriteNow, send};
 use crate::protocol::frame::{FrameError, HEADER_LEN, peek_header};
-use crate::workers::{self, Socket};
+use crate::workers::Socket;
 
 /// A client connection the relay can wait on without a buffer.
 pub trait ClientStream: AsyncRead + AsyncWrite + WriteNow + Unpin + Send {
@@ -134,7 +134,7 @@ pub async fn close_with_error<S: AsyncRead + AsyncWrite + Unpin>(
     stream: &mut S,
     err: &ClientError,
 ) {
-    let _ = workers::timeout(std::time::Duration::from_secs(1), async {
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(1), async {
         send_error(stream, err).await?;
         stream.shutdown().await?;
         // On the heap: a session's future is sized by its largest state.

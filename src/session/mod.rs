@@ -34,7 +34,7 @@ use crate::metrics::Metrics;
 use crate::protocol::startup::StartupMessage;
 pub use crate::runtime::Runtime;
 use crate::tls::ClientTlsMode;
-use crate::workers::{self, AbortHandle, Socket};
+use crate::workers::{AbortHandle, Socket};
 use cancel::CancelRegistry;
 use control::Control;
 use handshake::{Handshake, HandshakeError};
@@ -291,8 +291,8 @@ async fn start(
         task,
         deadline,
     };
-    let shaken = workers::timeout_at(
-        deadline,
+    let shaken = tokio::time::timeout_at(
+        deadline.into(),
         handshake::handshake(tcp, &config.tls, limits.max_startup_packet_size),
     )
     .await;
@@ -354,8 +354,8 @@ async fn session<S: ClientStream>(
     let cancel = deps.cancels.register(startup.cancel_key_len());
     let key = (cancel.slot.process_id, cancel.slot.secret());
     let tls = end_point.is_some();
-    let logged_in = workers::timeout_at(
-        place.deadline,
+    let logged_in = tokio::time::timeout_at(
+        place.deadline.into(),
         login::login(
             &mut stream,
             &mut buf,

@@ -32,7 +32,6 @@ use std::cell::Cell;
 use std::future::Future;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::{Duration, Instant};
 
 use tokio::runtime::Handle;
 
@@ -127,35 +126,12 @@ impl AbortHandle {
     }
 }
 
-/// A deadline passed before the work finished.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Elapsed;
-
-/// Waits until `deadline`, on any thread: a worker's timers are kept by the
-/// runtime it entered, whose driver wakes the worker's task.
-pub async fn sleep_until(deadline: Instant) {
-    tokio::time::sleep_until(deadline.into()).await
-}
-
-/// Runs `work` until `deadline`: `Err(Elapsed)` if it has not finished by
-/// then (the work is dropped). No timer is set for work that is ready at once.
-pub async fn timeout_at<F: Future>(deadline: Instant, work: F) -> Result<F::Output, Elapsed> {
-    tokio::select! {
-        biased;
-        out = work => Ok(out),
-        () = sleep_until(deadline) => Err(Elapsed),
-    }
-}
-
-/// [`timeout_at`] `limit` from now.
-pub async fn timeout<F: Future>(limit: Duration, work: F) -> Result<F::Output, Elapsed> {
-    timeout_at(Instant::now() + limit, work).await
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use std::sync::mpsc;
+    use std::time::{Duration, Instant};
+    use tokio::time::{sleep_until, timeout};
 
     /// A runtime to keep the workers' timers, driven by a thread of its own.
     fn timers() -> tokio::runtime::Runtime {
@@ -261,9 +237,7 @@ mod tests {
         use tokio::io::AsyncReadExt;
         let timers = timers();
         let workers = Workers::start(1, timers.handle()).unwrap();
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let mut near = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
-        let (far, _) = listener.accept().unwrap();
+        let (mut near, far) = tcp_pair();
         // All in the socket before the reader starts: no read of it waits.
         const LEN: usize = 32 * 1024;
         std::io::Write::write_all(&mut near, &[7u8; LEN]).unwrap();
@@ -291,6 +265,63 @@ mod tests {
         assert_eq!(next(), Ok("eof"));
     }
 
+    /// A connected loopback pair: (far end, the worker's end).
+    fn tcp_pair() -> (std::net::TcpStream, std::net::TcpStream) {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let near = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        (near, listener.accept().unwrap().0)
+    }
+
+    #[test]
+    fn a_read_into_a_buffer_without_room_gets_bytes_not_eof() {
+        let timers = timers();
+        let workers = Workers::start(1, timers.handle()).unwrap();
+        let (mut near, far) = tcp_pair();
+        std::io::Write::write_all(&mut near, b"hello").unwrap();
+        let (socket, now) = on(&workers, async move {
+            let mut socket = Socket::from_std(far).unwrap();
+            let mut none = bytes::BytesMut::new();
+            socket.read_now(&mut none).unwrap();
+            (socket, none)
+        });
+        assert_eq!(&now[..], b"hello");
+        std::io::Write::write_all(&mut near, b"world").unwrap();
+        let polled = on(&workers, async move {
+            let mut socket = socket;
+            let mut none = bytes::BytesMut::new();
+            std::future::poll_fn(|cx| socket.poll_read_into(cx, &mut none))
+                .await
+                .unwrap();
+            none
+        });
+        assert_eq!(&polled[..], b"world");
+    }
+
+    #[test]
+    fn a_write_to_a_full_socket_waits_for_room_and_loses_nothing() {
+        let timers = timers();
+        let workers = Workers::start(1, timers.handle()).unwrap();
+        let (mut near, far) = tcp_pair();
+        // More than the socket buffers hold: the worker's write must wait
+        // for the reader's progress (an EPOLLOUT event) and go on.
+        let bytes: Vec<u8> = (0..8 << 20).map(|i| (i % 251) as u8).collect();
+        let sent = bytes.clone();
+        let reader = std::thread::spawn(move || {
+            let mut got = Vec::new();
+            std::io::Read::read_to_end(&mut near, &mut got).unwrap();
+            got
+        });
+        let wrote = on(&workers, async move {
+            let mut socket = Socket::from_std(far).unwrap();
+            let took = socket.write_now(&sent).unwrap();
+            crate::net::send_now(&mut socket, &sent[took..])
+                .await
+                .map(|()| took)
+        });
+        assert!(wrote.is_ok(), "{wrote:?}");
+        assert_eq!(reader.join().unwrap(), bytes);
+    }
+
     #[test]
     fn timers_on_a_worker_fire_on_the_runtime_it_entered() {
         let timers = timers();
@@ -309,11 +340,11 @@ mod tests {
             });
             let early = timeout(Duration::from_secs(3600), work).await;
             let started = Instant::now();
-            sleep_until(started + Duration::from_millis(30)).await;
+            sleep_until((started + Duration::from_millis(30)).into()).await;
             (late, early, started.elapsed())
         });
-        assert_eq!(late, Err(Elapsed));
-        assert_eq!(early, Ok(7));
+        assert!(late.is_err(), "the 10 ms timeout fired");
+        assert_eq!(early.ok(), Some(7));
         assert!(slept >= Duration::from_millis(30), "{slept:?}");
     }
 }

@@ -47,6 +47,18 @@ impl AsFd for Std {
     }
 }
 
+/// One expression over the three kinds of socket: ours, and tokio's two,
+/// which have the same methods but no trait in common.
+macro_rules! each {
+    ($io:expr, $own:ident => $o:expr, $s:ident => $t:expr) => {
+        match $io {
+            Io::Own($own) => $o,
+            Io::Tcp($s) => $t,
+            Io::Unix($s) => $t,
+        }
+    };
+}
+
 /// Bytes one `recv` takes at most: they land on the stack and are copied
 /// into the caller's buffer (safe code cannot receive into uninitialised
 /// spare capacity; the copy of a typical reply is a few dozen instructions).
@@ -105,11 +117,10 @@ impl Socket {
 
     /// Ready when a read may return something (or EOF).
     pub fn poll_read_ready(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match &self.0 {
-            Io::Own(own) => own.poll_ready(READABLE, cx).map(Ok),
-            Io::Tcp(s) => s.poll_read_ready(cx),
-            Io::Unix(s) => s.poll_read_ready(cx),
-        }
+        each!(&self.0,
+            own => own.poll_ready(READABLE, cx).map(Ok),
+            s => s.poll_read_ready(cx)
+        )
     }
 
     /// Reads what has arrived into `buf`'s spare room, without waiting: `0`
@@ -117,17 +128,35 @@ impl Socket {
     /// A read shorter than the room drained the socket, so the next poll
     /// waits for an event instead of paying an empty `recv`.
     pub fn read_now(&mut self, buf: &mut BytesMut) -> io::Result<usize> {
-        let room = buf.capacity() - buf.len();
-        match &self.0 {
-            Io::Own(own) => {
+        let room = room(buf);
+        // Short against the room the buffer had: with none (tokio's
+        // `try_read_buf` then makes a little), no read counts as short.
+        let spare = buf.capacity() - buf.len();
+        each!(&self.0,
+            own => {
                 if !own.place.source.is(READABLE) {
                     return Ok(0);
                 }
                 zero_if_blocked(own.recv(room, |got| buf.extend_from_slice(got)))
+            },
+            s => {
+                // A short read is reported to `try_io` as `WouldBlock`, which
+                // clears tokio's readiness as an async read would.
+                let mut got = 0;
+                let tried = s.try_io(Interest::READABLE, || {
+                    got = s.try_read_buf(buf)?;
+                    if got > 0 && got < spare {
+                        Err(io::ErrorKind::WouldBlock.into())
+                    } else {
+                        Ok(())
+                    }
+                });
+                match tried {
+                    Err(e) if e.kind() != io::ErrorKind::WouldBlock => Err(e),
+                    _ => Ok(got),
+                }
             }
-            Io::Tcp(s) => tokio_read_now(s, room, || s.try_read_buf(buf)),
-            Io::Unix(s) => tokio_read_now(s, room, || s.try_read_buf(buf)),
-        }
+        )
     }
 
     /// Reads into `buf` what has arrived (at most its spare room, or what
@@ -137,62 +166,48 @@ impl Socket {
         cx: &mut Context<'_>,
         buf: &mut BytesMut,
     ) -> Poll<io::Result<usize>> {
-        let room = buf.capacity() - buf.len();
-        match &mut self.0 {
-            Io::Own(own) => own.poll_io(READABLE, cx, |_| {
+        let room = room(buf);
+        each!(&self.0,
+            own => own.poll_io(READABLE, cx, |_| {
                 own.recv(room, |got| buf.extend_from_slice(got))
             }),
-            Io::Tcp(s) => loop {
+            s => loop {
                 std::task::ready!(s.poll_read_ready(cx))?;
                 match s.try_read_buf(buf) {
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
                     done => return Poll::Ready(done),
                 }
-            },
-            Io::Unix(s) => loop {
-                std::task::ready!(s.poll_read_ready(cx))?;
-                match s.try_read_buf(buf) {
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-                    done => return Poll::Ready(done),
-                }
-            },
-        }
+            }
+        )
     }
 
     /// How much of `bytes` the socket took at once; `0` when it would block.
     pub fn write_now(&self, bytes: &[u8]) -> io::Result<usize> {
-        match &self.0 {
-            Io::Own(own) => {
+        each!(&self.0,
+            own => {
                 if !own.place.source.is(WRITABLE) {
                     return Ok(0);
                 }
                 zero_if_blocked(own.send(bytes))
-            }
-            Io::Tcp(s) => zero_if_blocked(s.try_io(Interest::WRITABLE, || send_raw(s, bytes))),
-            Io::Unix(s) => zero_if_blocked(s.try_io(Interest::WRITABLE, || send_raw(s, bytes))),
-        }
+            },
+            s => zero_if_blocked(s.try_io(Interest::WRITABLE, || send_raw(s, bytes)))
+        )
     }
 
     /// Bytes waiting to be read, left in the socket.
     pub async fn peek(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        match &mut self.0 {
-            Io::Own(own) => {
-                poll_fn(|cx| {
-                    own.poll_io(READABLE, cx, |fd| {
-                        Ok(rustix::net::recv(fd, &mut *buf, RecvFlags::PEEK)?.0)
-                    })
-                })
-                .await
-            }
-            Io::Tcp(s) => s.peek(buf).await,
-            Io::Unix(s) => {
+        let peek =
+            |fd: BorrowedFd<'_>, buf: &mut [u8]| Ok(rustix::net::recv(fd, buf, RecvFlags::PEEK)?.0);
+        each!(&self.0,
+            own => poll_fn(|cx| own.poll_io(READABLE, cx, |fd| peek(fd, &mut *buf))).await,
+            s => loop {
                 s.readable().await?;
-                let fd = s.as_fd();
-                s.try_io(Interest::READABLE, || {
-                    Ok(rustix::net::recv(fd, &mut *buf, RecvFlags::PEEK)?.0)
-                })
+                match s.try_io(Interest::READABLE, || peek(s.as_fd(), &mut *buf)) {
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                    done => return done,
+                }
             }
-        }
+        )
     }
 
     /// Whether the socket has nothing to read and is not closed, as an idle
@@ -205,63 +220,23 @@ impl Socket {
             rustix::net::recv(fd, &mut byte, RecvFlags::PEEK | RecvFlags::DONTWAIT)
         };
         let would_block = |r: rustix::io::Result<_>| matches!(r, Err(rustix::io::Errno::AGAIN));
-        match &self.0 {
-            Io::Own(own) => !own.place.source.is(READABLE) || would_block(peek(own.fd.as_fd())),
-            Io::Tcp(s) => quiet_tokio(s.try_io(Interest::READABLE, || Ok(())), || {
-                would_block(peek(s.as_fd()))
-            }),
-            Io::Unix(s) => quiet_tokio(s.try_io(Interest::READABLE, || Ok(())), || {
-                would_block(peek(s.as_fd()))
-            }),
-        }
+        each!(&self.0,
+            own => !own.place.source.is(READABLE) || would_block(peek(own.fd.as_fd())),
+            // tokio's readiness first: a socket it has not seen readable is quiet.
+            s => match s.try_io(Interest::READABLE, || Ok(())) {
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => true,
+                _ => would_block(peek(s.as_fd())),
+            }
+        )
     }
 }
 
-/// Tokio's readiness first: a socket it has not seen readable is quiet.
-fn quiet_tokio(ready: io::Result<()>, peek_would_block: impl FnOnce() -> bool) -> bool {
-    match ready {
-        Err(e) if e.kind() == io::ErrorKind::WouldBlock => true,
-        _ => peek_would_block(),
-    }
-}
-
-/// [`Socket::read_now`] on a tokio socket: a short read is reported to
-/// `try_io` as `WouldBlock`, which clears tokio's readiness as an async
-/// read would.
-fn tokio_read_now<S: TryIo>(
-    socket: &S,
-    room: usize,
-    mut read: impl FnMut() -> io::Result<usize>,
-) -> io::Result<usize> {
-    let mut got = 0;
-    let tried = socket.try_io(&mut || {
-        got = read()?;
-        if got > 0 && got < room {
-            Err(io::ErrorKind::WouldBlock.into())
-        } else {
-            Ok(())
-        }
-    });
-    match tried {
-        Err(e) if e.kind() != io::ErrorKind::WouldBlock => Err(e),
-        _ => Ok(got),
-    }
-}
-
-/// tokio's `try_io` for reads, over both kinds of tokio socket.
-trait TryIo {
-    fn try_io(&self, f: &mut dyn FnMut() -> io::Result<()>) -> io::Result<()>;
-}
-
-impl TryIo for tokio::net::TcpStream {
-    fn try_io(&self, f: &mut dyn FnMut() -> io::Result<()>) -> io::Result<()> {
-        tokio::net::TcpStream::try_io(self, Interest::READABLE, f)
-    }
-}
-
-impl TryIo for tokio::net::UnixStream {
-    fn try_io(&self, f: &mut dyn FnMut() -> io::Result<()>) -> io::Result<()> {
-        tokio::net::UnixStream::try_io(self, Interest::READABLE, f)
+/// The most a read into `buf` may take: its spare room, or one chunk when it
+/// has none (it grows; a read of zero bytes would look like EOF).
+fn room(buf: &BytesMut) -> usize {
+    match buf.capacity() - buf.len() {
+        0 => CHUNK,
+        room => room,
     }
 }
 
@@ -363,17 +338,6 @@ fn zero_if_blocked(tried: io::Result<usize>) -> io::Result<usize> {
     }
 }
 
-/// Dispatches one poll over the three kinds of socket.
-macro_rules! each {
-    ($socket:expr, $own:ident => $o:expr, $s:ident => $t:expr) => {
-        match &mut $socket.get_mut().0 {
-            Io::Own($own) => $o,
-            Io::Tcp($s) => $t,
-            Io::Unix($s) => $t,
-        }
-    };
-}
-
 impl AsyncRead for Socket {
     fn poll_read(
         self: Pin<&mut Self>,
@@ -381,7 +345,7 @@ impl AsyncRead for Socket {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         let room = buf.remaining();
-        each!(self,
+        each!(&mut self.get_mut().0,
             own => own
                 .poll_io(READABLE, cx, |_| own.recv(room, |got| buf.put_slice(got)))
                 .map_ok(drop),
@@ -396,21 +360,21 @@ impl AsyncWrite for Socket {
         cx: &mut Context<'_>,
         bytes: &[u8],
     ) -> Poll<io::Result<usize>> {
-        each!(self,
+        each!(&mut self.get_mut().0,
             own => own.poll_io(WRITABLE, cx, |fd| send_raw(fd, bytes)),
             s => Pin::new(s).poll_write(cx, bytes)
         )
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        each!(self,
+        each!(&mut self.get_mut().0,
             _own => Poll::Ready(Ok(())),
             s => Pin::new(s).poll_flush(cx)
         )
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        each!(self,
+        each!(&mut self.get_mut().0,
             own => Poll::Ready(match rustix::net::shutdown(&own.fd, Shutdown::Write) {
                 // Already closed by the peer: nothing left to shut.
                 Err(rustix::io::Errno::NOTCONN) | Ok(()) => Ok(()),

@@ -20,7 +20,6 @@ use crate::config::AdminRole;
 use crate::error::ClientError;
 use crate::net::send;
 use crate::protocol::{TxStatus, build};
-use crate::workers;
 use command::Command;
 
 /// Longest query text the console reads.
@@ -210,7 +209,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Console<S> {
             if busy == 0 || Instant::now() >= until {
                 return busy;
             }
-            workers::sleep_until(Instant::now() + Duration::from_millis(20)).await;
+            tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
 }
