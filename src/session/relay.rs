@@ -34,6 +34,7 @@ use crate::protocol::{TxStatus, build};
 use crate::server::Server;
 use crate::tenant::context;
 use crate::tenant::guard::Policy;
+use crate::workers;
 
 #[derive(Debug, thiserror::Error)]
 pub enum RelayError {
@@ -326,13 +327,13 @@ impl<S: ClientStream> Relay<S> {
     /// for capacity), then its transaction. `false`: the client left meanwhile.
     async fn request(&mut self) -> Result<bool, RelayError> {
         if let Some(lease) = self.held.take() {
-            self.transaction(*lease, Instant::now()).await?;
+            self.transaction(*lease, workers::now()).await?;
             return Ok(true);
         }
         if !self.wait_while_paused().await? {
             return Ok(false);
         }
-        let started = Instant::now();
+        let started = workers::now();
         self.registered.entry.wait_from(started);
         // KILL may have looked at this client just before it left idle.
         self.check_standing()?;
@@ -348,7 +349,7 @@ impl<S: ClientStream> Relay<S> {
             Ok(lease) => (Ok(lease), started, Duration::ZERO),
             Err(pending) => match boxed(|| self.checkout(pending)).await? {
                 Some(checkout) => {
-                    let began = Instant::now();
+                    let began = workers::now();
                     (checkout, began, began - started)
                 }
                 None => return Ok(false),
@@ -448,8 +449,8 @@ impl<S: ClientStream> Relay<S> {
     async fn transaction(&mut self, lease: Lease, began: Instant) -> Result<(), RelayError> {
         let mut w = spares::work();
         let result = self.run_transaction(lease, &mut w).await;
-        // One clock read for the server's idle time and the transaction's.
-        let ended = Instant::now();
+        // One time for the server's idle time and the transaction's.
+        let ended = workers::now();
         let result = match result {
             Ok(Some(lease)) if self.session.session_mode => {
                 self.held = Some(Box::new(lease));

@@ -36,8 +36,9 @@ pub(super) struct Shared {
     /// In (or about to enter) `epoll_wait`: other threads' wake-ups must
     /// write the eventfd.
     sleeping: AtomicBool,
-    /// Tasks woken or spawned by other threads.
-    injected: Mutex<Vec<Arc<Task>>>,
+    /// Tasks woken or spawned by other threads; `None` once the worker has
+    /// stopped and dropped what was there.
+    injected: Mutex<Option<Vec<Arc<Task>>>>,
     has_injected: AtomicBool,
     /// Socket slots given up (from any thread), to be reused.
     freed: Mutex<Vec<u32>>,
@@ -63,7 +64,7 @@ impl Shared {
             epoll,
             eventfd,
             sleeping: AtomicBool::new(false),
-            injected: Mutex::default(),
+            injected: Mutex::new(Some(Vec::new())),
             has_injected: AtomicBool::new(false),
             freed: Mutex::default(),
             has_freed: AtomicBool::new(false),
@@ -73,7 +74,17 @@ impl Shared {
 
     /// Hands `task` to the worker from another thread.
     pub(super) fn inject(&self, task: Arc<Task>) {
-        lock(&self.injected).push(task);
+        let mut injected = lock(&self.injected);
+        let Some(queue) = injected.as_mut() else {
+            drop(injected);
+            // The worker is gone: nothing would run the task, and queueing it
+            // would keep it (and this, its home) alive for good.
+            let future = lock(&task.future).take();
+            drop(future);
+            return;
+        };
+        queue.push(task);
+        drop(injected);
         self.has_injected.store(true, Ordering::SeqCst);
         // SeqCst on both sides: either the worker sees `has_injected` before
         // it sleeps, or this sees `sleeping` and wakes it.
@@ -360,6 +371,7 @@ pub(super) fn run(shared: Arc<Shared>) {
             break;
         }
         if take_injected(&shared) {
+            super::woke();
             continue;
         }
         shared.sleeping.store(true, Ordering::SeqCst);
@@ -377,7 +389,7 @@ pub(super) fn run(shared: Arc<Shared>) {
         tasks.items.drain(..).flatten().collect()
     });
     // Spawned but never run, too.
-    tasks.append(&mut lock(&shared.injected));
+    tasks.extend(lock(&shared.injected).take().into_iter().flatten());
     for task in tasks {
         let future = lock(&task.future).take();
         drop(future);
@@ -396,7 +408,10 @@ fn take_injected_now(shared: &Shared) -> bool {
     if !shared.has_injected.swap(false, Ordering::SeqCst) {
         return false;
     }
-    let tasks = std::mem::take(&mut *lock(&shared.injected));
+    let tasks = lock(&shared.injected)
+        .as_mut()
+        .map(std::mem::take)
+        .unwrap_or_default();
     LOCAL.with(|l| {
         let mut run = l.run.borrow_mut();
         for task in tasks {
@@ -470,10 +485,15 @@ fn look(
     ) {
         Ok(_) | Err(Errno::INTR) => {}
         Err(e) => {
+            // Only a bug or a broken kernel gets here (the epoll fd is ours).
+            // A pause keeps a lasting failure from spinning a core and
+            // flooding the log; injected work still runs in between.
             tracing::error!(error = %e, worker = shared.id, "epoll_wait failed");
+            std::thread::sleep(std::time::Duration::from_millis(100));
             return;
         }
     }
+    super::woke();
     LOCAL.with(|l| {
         let sources = l.sources.borrow();
         for event in events.iter() {

@@ -32,6 +32,7 @@ use std::cell::Cell;
 use std::future::Future;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Instant;
 
 use tokio::runtime::Handle;
 
@@ -44,11 +45,28 @@ pub type WorkerId = u16;
 
 thread_local! {
     static CURRENT: Cell<WorkerId> = const { Cell::new(0) };
+    /// When this worker's loop last woke; `None` off the workers.
+    static WOKE: Cell<Option<Instant>> = const { Cell::new(None) };
 }
 
 /// The worker this code runs on (`0`: not a worker).
 pub fn current() -> WorkerId {
     CURRENT.get()
+}
+
+/// The time, as a session on a worker sees it: when the worker's loop last
+/// woke (from `epoll_wait`, or for work from other threads), which is when
+/// the bytes that now run arrived. One clock read per wake-up serves every
+/// transaction boundary met before the next one, as PgBouncer's cached time
+/// does; a loop that keeps running looks (and reads the clock) every few
+/// dozen polls. Off the workers: the clock.
+pub fn now() -> Instant {
+    WOKE.get().unwrap_or_else(Instant::now)
+}
+
+/// Called by a worker's loop each time it wakes.
+fn woke() {
+    WOKE.set(Some(Instant::now()));
 }
 
 /// Running worker threads. Dropping this stops them: their sessions end.
@@ -165,6 +183,31 @@ mod tests {
     }
 
     #[test]
+    fn a_workers_time_is_when_its_loop_last_woke() {
+        let timers = timers();
+        let workers = Workers::start(1, timers.handle()).unwrap();
+        let (first, busy, later) = on(&workers, async {
+            let first = now();
+            // Work within one wake-up does not move the time on...
+            std::thread::sleep(Duration::from_millis(20));
+            let busy = now();
+            // ...a wake-up does (a timer's wake comes from another thread).
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            (first, busy, now())
+        });
+        assert_eq!(first, busy);
+        assert!(
+            later - first >= Duration::from_millis(40),
+            "{:?}",
+            later - first
+        );
+        // Off the workers it is the clock.
+        let before = now();
+        std::thread::sleep(Duration::from_millis(5));
+        assert!(now() - before >= Duration::from_millis(5));
+    }
+
+    #[test]
     fn dropping_the_workers_ends_their_tasks() {
         let timers = timers();
         let workers = Workers::start(1, timers.handle()).unwrap();
@@ -178,6 +221,31 @@ mod tests {
         assert_eq!(
             rx.recv_timeout(Duration::from_secs(5)),
             Err(mpsc::RecvTimeoutError::Disconnected)
+        );
+    }
+
+    #[test]
+    fn a_task_woken_after_its_worker_stopped_is_not_kept() {
+        let timers = timers();
+        let workers = Workers::start(1, timers.handle()).unwrap();
+        let home = Arc::downgrade(&workers.workers[0]);
+        let (tx, rx) = mpsc::channel::<std::task::Waker>();
+        let _task = workers.spawn(std::future::poll_fn(move |cx| {
+            let _ = tx.send(cx.waker().clone());
+            std::task::Poll::<()>::Pending
+        }));
+        let waker = rx.recv_timeout(Duration::from_secs(5)).unwrap();
+        drop(workers);
+        // The worker's thread lets go of its state once it has stopped.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Arc::strong_count(&home.upgrade().unwrap()) > 2 && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        waker.wake();
+        drop(_task);
+        assert!(
+            home.upgrade().is_none(),
+            "the stopped worker's state is kept"
         );
     }
 
