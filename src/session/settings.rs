@@ -7,7 +7,7 @@
 //! tenant context, in the same write), so a client sees only its own values and
 //! never another client's.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, Weak};
 
 use postgres_protocol::escape::escape_literal;
 
@@ -26,11 +26,16 @@ use crate::tenant::guard::{Policy, parse_timeout, protected};
 /// server is a reference count, not a copy of every string. Empty is `None`:
 /// a client without settings allocates nothing.
 #[derive(Debug, Clone, Default)]
-pub struct Settings(Option<Arc<Vec<(String, String)>>>);
+pub struct Settings(Option<Arc<Pairs>>);
+
+type Pairs = Vec<(String, String)>;
 
 impl PartialEq for Settings {
     fn eq(&self, other: &Settings) -> bool {
-        self.pairs() == other.pairs()
+        match (&self.0, &other.0) {
+            (Some(a), Some(b)) if Arc::ptr_eq(a, b) => true,
+            _ => self.pairs() == other.pairs(),
+        }
     }
 }
 
@@ -156,7 +161,31 @@ pub fn from_startup(
             settings.insert(name, value);
         }
     }
-    Ok(settings)
+    Ok(interned(settings))
+}
+
+/// Most distinct startup settings kept for sharing (an application's
+/// clients mostly log in alike; past this, clients keep their own copy).
+const MAX_INTERNED: usize = 64;
+
+/// The same settings as an earlier client's, if one that logged in alike is
+/// still there: shared, a server's settings and the next client's are then
+/// mostly one vector, and the comparison every checkout makes stops at the
+/// pointers.
+fn interned(settings: Settings) -> Settings {
+    static SEEN: Mutex<Vec<Weak<Pairs>>> = Mutex::new(Vec::new());
+    let Some(pairs) = &settings.0 else {
+        return settings;
+    };
+    let mut seen = SEEN.lock().unwrap_or_else(|p| p.into_inner());
+    seen.retain(|w| w.strong_count() > 0);
+    if let Some(same) = seen.iter().filter_map(Weak::upgrade).find(|s| s == pairs) {
+        return Settings(Some(same));
+    }
+    if seen.len() < MAX_INTERNED {
+        seen.push(Arc::downgrade(pairs));
+    }
+    settings
 }
 
 /// `-c name=value` and `--name=value` words of the `options` parameter
@@ -344,6 +373,32 @@ mod tests {
         a.remove("absent");
         assert!(!a.contains_key("timezone"));
         assert_ne!(a, b);
+    }
+
+    #[test]
+    fn clients_that_log_in_alike_share_their_settings_until_one_changes() {
+        let params = pairs(&[("application_name", "shared-by-two"), ("timezone", "UTC")]);
+        let a = from_startup(&params, &[], &policy()).unwrap();
+        let mut b = from_startup(&params, &[], &policy()).unwrap();
+        let shared = |x: &Settings, y: &Settings| match (&x.0, &y.0) {
+            (Some(x), Some(y)) => Arc::ptr_eq(x, y),
+            _ => false,
+        };
+        assert!(shared(&a, &b), "one copy for both");
+        let other = pairs(&[("application_name", "another")]);
+        let c = from_startup(&other, &[], &policy()).unwrap();
+        assert!(!shared(&a, &c));
+        // A SET by one client is its own: copied on write.
+        b.insert("timezone".into(), "Europe/Paris".into());
+        assert!(!shared(&a, &b));
+        assert_eq!(a.get("timezone").map(String::as_str), Some("UTC"));
+        assert_ne!(a, b);
+        // Once both are gone, the next client starts a copy of its own.
+        let weak = a.0.as_ref().map(Arc::downgrade).unwrap();
+        drop((a, b));
+        assert_eq!(weak.strong_count(), 0);
+        let d = from_startup(&params, &[], &policy()).unwrap();
+        assert_eq!(d.get("timezone").map(String::as_str), Some("UTC"));
     }
 
     #[test]
