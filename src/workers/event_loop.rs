@@ -357,10 +357,14 @@ pub(super) fn run(shared: Arc<Shared>) {
         tv_sec: 0,
         tv_nsec: 0,
     };
+    // Polls since the loop last slept, and whether it has yielded since the
+    // last poll (see below).
+    let (mut since_sleep, mut yielded) = (0u32, false);
     loop {
         let mut polled = 0;
         while let Some(task) = LOCAL.with(|l| l.run.borrow_mut().pop_front()) {
             poll(task);
+            (since_sleep, yielded) = (since_sleep.saturating_add(1), false);
             polled += 1;
             if polled == TASKS_PER_LOOK {
                 polled = 0;
@@ -374,6 +378,19 @@ pub(super) fn run(shared: Arc<Shared>) {
             super::woke();
             continue;
         }
+        // A busy worker (more than one poll since it last slept) lets the
+        // processes it waits for run first and looks again before it sleeps:
+        // on these small machines PostgreSQL's answer often comes in that
+        // time, and a sleep and the wake-up after it cost the kernel more
+        // than the two calls. A worker serving one client sleeps at once (the
+        // calls would only add to its latency).
+        if !yielded && since_sleep > 1 {
+            yielded = true;
+            std::thread::yield_now();
+            look(&shared, &mut events, Some(&zero));
+            continue;
+        }
+        (since_sleep, yielded) = (0, false);
         shared.sleeping.store(true, Ordering::SeqCst);
         if shared.has_injected.load(Ordering::SeqCst) || shared.stop.load(Ordering::SeqCst) {
             shared.sleeping.store(false, Ordering::Relaxed);
