@@ -12,7 +12,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::{Buf, BytesMut};
-use tokio::io::AsyncReadExt;
 
 use super::Deps;
 use super::cancel::CancelGuard;
@@ -280,7 +279,10 @@ impl<S: ClientStream> Relay<S> {
             tokio::select! {
                 biased;
                 () = self.registered.entry.wake.notified() => self.check_standing()?,
-                read = self.client.read_buf(&mut self.cbuf), if self.cbuf.len() < READ_AHEAD_LIMIT => {
+                // Straight into the buffer (no `ReadBuf` future each turn).
+                read = poll_fn(|cx| self.client.poll_read_into(cx, &mut self.cbuf)),
+                    if self.cbuf.len() < READ_AHEAD_LIMIT =>
+                {
                     if read.map_err(client_io)? == 0 {
                         return Ok(false);
                     }
@@ -403,7 +405,10 @@ impl<S: ClientStream> Relay<S> {
             tokio::select! {
                 biased;
                 result = &mut checkout => return Ok(Some(result)),
-                read = self.client.read_buf(&mut self.cbuf), if self.cbuf.len() < READ_AHEAD_LIMIT => {
+                // Straight into the buffer (no `ReadBuf` future each turn).
+                read = poll_fn(|cx| self.client.poll_read_into(cx, &mut self.cbuf)),
+                    if self.cbuf.len() < READ_AHEAD_LIMIT =>
+                {
                     if read.map_err(client_io)? == 0 {
                         return Ok(None);
                     }
