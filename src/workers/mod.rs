@@ -230,7 +230,7 @@ mod tests {
         let workers = Workers::start(1, timers.handle()).unwrap();
         let home = Arc::downgrade(&workers.workers[0]);
         let (tx, rx) = mpsc::channel::<std::task::Waker>();
-        let _task = workers.spawn(std::future::poll_fn(move |cx| {
+        let task = workers.spawn(std::future::poll_fn(move |cx| {
             let _ = tx.send(cx.waker().clone());
             std::task::Poll::<()>::Pending
         }));
@@ -242,7 +242,7 @@ mod tests {
             std::thread::sleep(Duration::from_millis(5));
         }
         waker.wake();
-        drop(_task);
+        drop(task);
         assert!(
             home.upgrade().is_none(),
             "the stopped worker's state is kept"
