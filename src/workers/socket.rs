@@ -67,6 +67,7 @@ const CHUNK: usize = 16 * 1024;
 impl Socket {
     /// A connected TCP socket, for use on the thread this runs on.
     pub fn from_std(tcp: std::net::TcpStream) -> io::Result<Socket> {
+        tcp.set_nonblocking(true)?;
         Socket::adopt(Std::Tcp(tcp))
     }
 
@@ -101,11 +102,10 @@ impl Socket {
         Socket::adopt(fd)
     }
 
+    /// `fd` must be non-blocking already: tokio's sockets are (`into_std`
+    /// keeps the mode), and so is a socket moved between workers, which
+    /// then costs no `ioctl` for it.
     fn adopt(fd: Std) -> io::Result<Socket> {
-        match &fd {
-            Std::Tcp(s) => s.set_nonblocking(true)?,
-            Std::Unix(s) => s.set_nonblocking(true)?,
-        }
         match event_loop::register(fd.as_fd()) {
             Some(place) => Ok(Socket(Io::Own(Own { fd, place: place? }))),
             None => Ok(Socket(match fd {
