@@ -433,6 +433,44 @@ async fn pause_holds_new_transactions_until_resume() {
     }
 }
 
+/// A client that goes away while its tenant is paused is let go at once: its
+/// session ends, not when the tenant is resumed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_gone_while_paused_is_let_go() {
+    let db = pg().database("pause_gone");
+    let proxy = start(&operable(&db, "")).await;
+    let admin = console(&proxy, "ops", OPS_PASSWORD).await;
+    let (client, conn) = connect_watched(&proxy.client_config("app.acme", APP_PASSWORD, &db)).await;
+    admin.simple_query("PAUSE TENANT acme").await.unwrap();
+    let held = tokio::spawn(async move { client.simple_query("SELECT 1").await });
+    let acme_state = |clients: Vec<Vec<(String, String)>>| {
+        (clients.iter())
+            .find(|r| field(r, "tenant") == "acme")
+            .map(|r| field(r, "state").to_owned())
+    };
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while acme_state(show(&admin, "CLIENTS").await).as_deref() != Some("waiting") {
+        assert!(tokio::time::Instant::now() < deadline, "acme never waited");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // Gone without a Terminate, as a crashed client goes.
+    conn.abort();
+    held.abort();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let state = acme_state(show(&admin, "CLIENTS").await);
+        if state.is_none() {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the gone client is still listed while paused: {state:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    admin.simple_query("RESUME TENANT acme").await.unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn drain_waits_for_running_transactions_and_holds_new_ones() {
     let db = pg().database("drain");

@@ -274,19 +274,14 @@ impl<S: ClientStream> Relay<S> {
         if !paused(self) {
             return Ok(true);
         }
-        self.registered.entry.wait_from(Instant::now());
+        self.registered.entry.wait_from(workers::now());
         while paused(self) {
             tokio::select! {
                 biased;
                 () = self.registered.entry.wake.notified() => self.check_standing()?,
-                // Straight into the buffer (no `ReadBuf` future each turn).
-                read = poll_fn(|cx| self.client.poll_read_into(cx, &mut self.cbuf)),
-                    if self.cbuf.len() < READ_AHEAD_LIMIT =>
-                {
-                    if read.map_err(client_io)? == 0 {
-                        return Ok(false);
-                    }
-                }
+                here = read_ahead(&mut self.client, &mut self.cbuf) => if !here? {
+                    return Ok(false);
+                },
             }
         }
         Ok(true)
@@ -405,14 +400,9 @@ impl<S: ClientStream> Relay<S> {
             tokio::select! {
                 biased;
                 result = &mut checkout => return Ok(Some(result)),
-                // Straight into the buffer (no `ReadBuf` future each turn).
-                read = poll_fn(|cx| self.client.poll_read_into(cx, &mut self.cbuf)),
-                    if self.cbuf.len() < READ_AHEAD_LIMIT =>
-                {
-                    if read.map_err(client_io)? == 0 {
-                        return Ok(None);
-                    }
-                }
+                here = read_ahead(&mut self.client, &mut self.cbuf) => if !here? {
+                    return Ok(None);
+                },
             }
         }
     }
@@ -765,6 +755,21 @@ fn saturate(limit: usize) -> u32 {
 
 /// Most client bytes buffered while waiting for a server.
 const READ_AHEAD_LIMIT: usize = 1 << 20;
+
+/// One read ahead from a client that waits (for a server, or while its tenant
+/// is paused), so that one that goes away is let go at once: `false` when it
+/// has. Straight into the buffer (no `ReadBuf` future each turn); past
+/// [`READ_AHEAD_LIMIT`] bytes it reads no more and never completes.
+async fn read_ahead<S: ClientStream>(
+    client: &mut S,
+    cbuf: &mut BytesMut,
+) -> Result<bool, RelayError> {
+    if cbuf.len() >= READ_AHEAD_LIMIT {
+        return std::future::pending().await;
+    }
+    let read = poll_fn(|cx| client.poll_read_into(cx, cbuf)).await;
+    Ok(read.map_err(client_io)? > 0)
+}
 
 /// Keeps room for a large read so big results do not trickle in 64-byte steps.
 fn reserve(buf: &mut BytesMut) {
