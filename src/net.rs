@@ -26,7 +26,8 @@ impl WriteNow for Socket {
     }
 }
 
-/// One read of `stream` appended to `buf` (at most 16 KiB): `0` at EOF. For
+/// One read of `stream` appended to `buf` (at most [`crate::workers::CHUNK`]
+/// bytes, the same stack chunk a [`Socket`] reads into): `0` at EOF. For
 /// streams that only read through `ReadBuf` (TLS); a [`Socket`] reads
 /// straight into the buffer ([`Socket::poll_read_into`]).
 pub fn poll_read_into<R: AsyncRead + Unpin>(
@@ -34,7 +35,7 @@ pub fn poll_read_into<R: AsyncRead + Unpin>(
     cx: &mut Context<'_>,
     buf: &mut BytesMut,
 ) -> Poll<io::Result<usize>> {
-    let mut chunk = [MaybeUninit::<u8>::uninit(); 16 * 1024];
+    let mut chunk = [MaybeUninit::<u8>::uninit(); crate::workers::CHUNK];
     let mut read = ReadBuf::uninit(&mut chunk);
     std::task::ready!(Pin::new(stream).poll_read(cx, &mut read))?;
     buf.extend_from_slice(read.filled());

@@ -37,7 +37,7 @@ use std::time::Instant;
 use tokio::runtime::Handle;
 
 use event_loop::{Shared, Task};
-pub use socket::Socket;
+pub use socket::{CHUNK, Socket};
 
 /// Which worker a thread is: `0` for any thread that is not a worker (the
 /// control thread that accepts clients and keeps pools, a test's runtime).

@@ -62,7 +62,7 @@ macro_rules! each {
 /// Bytes one `recv` takes at most: they land on the stack and are copied
 /// into the caller's buffer (safe code cannot receive into uninitialised
 /// spare capacity; the copy of a typical reply is a few dozen instructions).
-const CHUNK: usize = 16 * 1024;
+pub const CHUNK: usize = 16 * 1024;
 
 impl Socket {
     /// A connected TCP socket, for use on the thread this runs on.
