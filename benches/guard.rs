@@ -5,7 +5,7 @@
 //! Run: `cargo bench --bench guard`
 
 use pgtenant::tenant::guard::{self, Policy};
-use pgtenant::tenant::scan::may_change_session;
+use pgtenant::tenant::scan::{Memo, may_change_session};
 
 fn main() {
     divan::main();
@@ -56,6 +56,26 @@ fn scan_ordinary(bencher: divan::Bencher, name: &str) {
     let sql = sql(name);
     assert!(!may_change_session(sql.as_bytes()), "{name} is ordinary");
     bencher.bench(|| may_change_session(divan::black_box(sql.as_bytes())));
+}
+
+/// A session's memo against the same statement with other numbers in it, as
+/// applications send it (pgbench's `SELECT` with its `aid`).
+#[divan::bench]
+fn memo_pgbench_select_other_numbers(bencher: divan::Bencher) {
+    let mut memo = Memo::default();
+    let texts: Vec<String> = (0..64)
+        .map(|i| {
+            format!(
+                "SELECT abalance FROM pgbench_accounts WHERE aid = {};",
+                i * 7919
+            )
+        })
+        .collect();
+    let mut next = texts.iter().cycle();
+    bencher.bench_local(|| {
+        let sql = next.next().expect("cycles");
+        memo.may_change_session(divan::black_box(sql.as_bytes()))
+    });
 }
 
 #[divan::bench(args = NAMES)]

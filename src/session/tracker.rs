@@ -122,6 +122,8 @@ pub struct Tracker {
     resend: BytesMut,
     /// The armed segment as written, from the `Bind` to the `Sync` (reused).
     replay: BytesMut,
+    /// The last statement the scan passed, kept across transactions.
+    memo: scan::Memo,
 }
 
 /// A pipeline segment (up to `Sync`) that begins by binding a named statement,
@@ -166,6 +168,7 @@ impl Tracker {
             armed: None,
             resend: BytesMut::new(),
             replay: BytesMut::new(),
+            memo: scan::Memo::default(),
         }
     }
 
@@ -187,6 +190,8 @@ impl Tracker {
             armed,
             resend,
             replay,
+            // Kept: it describes statements, not a transaction.
+            memo: _,
         } = self;
         replies.clear();
         *unsynced = false;
@@ -288,7 +293,7 @@ impl Tracker {
                     // body with a NUL inside is refused by PostgreSQL ("invalid
                     // message format"); scanning past that NUL only adds bytes.
                     let sql = body.strip_suffix(&[0]).unwrap_or(body);
-                    match judge(sql, &st.policy) {
+                    match judge(sql, &st.policy, &mut self.memo) {
                         Ok(Judged::Clean) => self.replies.push_back(Reply::Query),
                         Ok(Judged::Run(effect)) => {
                             self.effect.merge(&effect);
@@ -357,7 +362,7 @@ impl Tracker {
             return Ok(());
         }
         let (query, _) = read_cstr(rest).ok_or_else(|| malformed("Parse"))?;
-        let (effect, clean) = match judge(query, &st.policy) {
+        let (effect, clean) = match judge(query, &st.policy, &mut self.memo) {
             Ok(Judged::Clean) => (Effect::default(), true),
             Ok(Judged::Run(effect)) => (effect, false),
             // DEALLOCATE / DISCARD ALL are answered only as simple queries.
@@ -897,8 +902,8 @@ enum Judged {
 
 /// What a client statement does to session state, or why it is refused. The
 /// parser runs only on what the cheap scan flags.
-fn judge(sql: &[u8], policy: &Policy) -> Result<Judged, ClientError> {
-    if !scan::may_change_session(sql) {
+fn judge(sql: &[u8], policy: &Policy, memo: &mut scan::Memo) -> Result<Judged, ClientError> {
+    if !memo.may_change_session(sql) {
         return Ok(Judged::Clean);
     }
     let Ok(text) = std::str::from_utf8(sql) else {
@@ -1107,6 +1112,23 @@ mod tests {
         // No NUL at all: the whole body.
         feed(&mut t, &mut sets, &msg(b'Q', b"SET work_mem = '1GB'"));
         assert!(t.effect.settings);
+    }
+
+    #[test]
+    fn statements_like_the_last_clean_one_but_in_words_are_judged() {
+        let (mut t, mut sets) = (Tracker::new(), Sets::new());
+        for q in [&b"SELECT 1 FROM t\0"[..], b"SELECT 23 FROM t\0"] {
+            feed(&mut t, &mut sets, &msg(b'Q', q));
+            assert_eq!(t.effect, Effect::default());
+        }
+        let set = msg(b'Q', b"SELECT set_config('a.b', '1', false) FROM t\0");
+        feed(&mut t, &mut sets, &set);
+        assert_eq!(t.effect.custom, ["a.b"], "judged: it sets a setting");
+        let (mut t, mut sets) = (Tracker::new(), Sets::new());
+        feed(&mut t, &mut sets, &msg(b'P', b"\0SELECT $1 FROM t\0\0\0"));
+        feed(&mut t, &mut sets, &msg(b'P', b"\0SET work_mem = 1\0\0\0"));
+        feed(&mut t, &mut sets, &msg(b'B', b"\0\0\0\0\0\0\0\0"));
+        assert!(t.effect.settings, "the second Parse was judged");
     }
 
     #[test]
