@@ -9,7 +9,7 @@ use std::collections::{BTreeSet, HashMap};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU8, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, LazyLock, Mutex, OnceLock};
-use std::task::Poll;
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant, SystemTime};
 
 use crate::workers::AbortHandle;
@@ -254,19 +254,22 @@ impl Wake {
     /// Ready once a notification came since the last one was taken.
     /// Cancel-safe: dropped unfinished, it takes nothing.
     pub fn notified(&self) -> impl Future<Output = ()> + '_ {
-        std::future::poll_fn(|cx| {
-            if self.take() {
-                return Poll::Ready(());
-            }
-            self.waker.register(cx.waker());
-            // A notification between the first look and the registration
-            // found no waker to wake.
-            if self.take() {
-                Poll::Ready(())
-            } else {
-                Poll::Pending
-            }
-        })
+        std::future::poll_fn(|cx| self.poll_notified(cx))
+    }
+
+    /// [`Wake::notified`] as a poll, for a wait polled by hand.
+    pub fn poll_notified(&self, cx: &mut Context<'_>) -> Poll<()> {
+        if self.take() {
+            return Poll::Ready(());
+        }
+        self.waker.register(cx.waker());
+        // A notification between the first look and the registration
+        // found no waker to wake.
+        if self.take() {
+            Poll::Ready(())
+        } else {
+            Poll::Pending
+        }
     }
 
     fn take(&self) -> bool {

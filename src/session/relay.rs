@@ -9,6 +9,7 @@
 use std::future::poll_fn;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::{Duration, Instant};
 
 use bytes::{Buf, BytesMut};
@@ -53,6 +54,12 @@ impl From<FrameError> for RelayError {
     fn from(e: FrameError) -> Self {
         RelayError::Refused(ClientError::protocol_violation(e))
     }
+}
+
+/// Which side of a transaction's relay had bytes, and how many.
+enum Read {
+    Server(std::io::Result<usize>),
+    Client(std::io::Result<usize>),
 }
 
 fn client_io(e: std::io::Error) -> RelayError {
@@ -192,12 +199,17 @@ impl<S: ClientStream> Relay<S> {
             if self.cbuf.is_empty() {
                 // Idle: wait for the client without holding any buffer.
                 spares::give(&mut self.cbuf);
-                tokio::select! {
-                    biased;
-                    ready = std::future::poll_fn(|cx| self.client.poll_read_ready(cx)) => {
-                        ready.map_err(client_io)?;
-                    }
-                    () = self.registered.entry.wake.notified() => continue,
+                let wake = &self.registered.entry.wake;
+                let client = &mut self.client;
+                let ready = poll_fn(|cx| match client.poll_read_ready(cx) {
+                    Poll::Ready(ready) => Poll::Ready(Some(ready)),
+                    Poll::Pending => wake.poll_notified(cx).map(|()| None),
+                })
+                .await;
+                match ready {
+                    Some(ready) => ready.map_err(client_io)?,
+                    // Operators: look at the session's standing again.
+                    None => continue,
                 }
             }
             spares::take(&mut self.cbuf);
@@ -628,15 +640,20 @@ impl<S: ClientStream> Relay<S> {
             reserve(&mut w.sbuf);
             let server = lease.server();
             // Server first: its replies are drained before more client input
-            // is pushed at it; `biased` also saves a random draw per poll.
-            let sbuf = &mut w.sbuf;
-            let cbuf = &mut self.cbuf;
-            let client = &mut self.client;
-            tokio::select! {
-                biased;
-                read = poll_fn(|cx| server.stream.poll_read_into(cx, sbuf)) => {
+            // is pushed at it. Polled by hand: `select!` adds a budget check
+            // and branch bookkeeping to every turn.
+            let (sbuf, cbuf, client) = (&mut w.sbuf, &mut self.cbuf, &mut self.client);
+            let read = poll_fn(|cx| match server.stream.poll_read_into(cx, sbuf) {
+                Poll::Ready(read) => Poll::Ready(Read::Server(read)),
+                Poll::Pending => client.poll_read_into(cx, cbuf).map(Read::Client),
+            })
+            .await;
+            match read {
+                Read::Server(read) => {
                     if read.map_err(RelayError::ServerLost)? == 0 {
-                        return Err(RelayError::ServerLost(std::io::ErrorKind::UnexpectedEof.into()));
+                        return Err(RelayError::ServerLost(
+                            std::io::ErrorKind::UnexpectedEof.into(),
+                        ));
                     }
                     let holding = w.t.holding();
                     self.forward_server(w, server).await?;
@@ -644,7 +661,7 @@ impl<S: ClientStream> Relay<S> {
                         return Err(RelayError::ClientGone);
                     }
                 }
-                read = poll_fn(|cx| client.poll_read_into(cx, cbuf)) => {
+                Read::Client(read) => {
                     if read.map_err(client_io)? == 0 {
                         return Err(RelayError::ClientGone);
                     }
