@@ -119,8 +119,17 @@ fi
 
 if [ -n "${INSTR:-}" ]; then
   stop_all
-  echo "## User-space instructions per transaction (callgrind, 4 clients)"
-  PIDFILE=$PROXY_DIR/vg.pid START_CMD="cd $PROXY_DIR && (RUST_LOG=warn valgrind --tool=callgrind --callgrind-out-file=\$CG_OUT $BIN run -c proxy.yaml > vg.log 2>&1 & echo \$! > $PROXY_DIR/vg.pid)" \
+  if [ -n "$TENANTS" ]; then
+    # One one-client process per tenant (PgBouncer: as many, as one user),
+    # fewer transactions each: under callgrind every process waits its turn.
+    echo "## User-space instructions per transaction (callgrind, $TENANTS one-client tenants)"
+    export PROCS=$TENANTS SMALL=${SMALL:-20} BIG=${BIG:-120}
+    PGT_USERS=$TENANT_USER
+  else
+    echo "## User-space instructions per transaction (callgrind, 4 clients)"
+    PGT_USERS=$BENCH_USER
+  fi
+  USER_FMT=$PGT_USERS PIDFILE=$PROXY_DIR/vg.pid START_CMD="cd $PROXY_DIR && (RUST_LOG=warn valgrind --tool=callgrind --callgrind-out-file=\$CG_OUT $BIN run -c proxy.yaml > vg.log 2>&1 & echo \$! > $PROXY_DIR/vg.pid)" \
     "$BENCH/instr-per-tx.sh" pgtenant "$PROXY_PORT" | tee "$OUT/instr.txt"
   "$BENCH/pgbouncer-instr.sh" | tee -a "$OUT/instr.txt"
 fi
