@@ -7,9 +7,9 @@
 //! goes away means the server is closed, never reused.
 
 use std::future::poll_fn;
-use std::pin::Pin;
+use std::pin::{Pin, pin};
 use std::sync::Arc;
-use std::task::Poll;
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use bytes::{Buf, BytesMut};
@@ -288,13 +288,25 @@ impl<S: ClientStream> Relay<S> {
         }
         self.registered.entry.wait_from(workers::now());
         while paused(self) {
-            tokio::select! {
-                biased;
-                () = self.registered.entry.wake.notified() => self.check_standing()?,
-                here = read_ahead(&mut self.client, &mut self.cbuf) => if !here? {
-                    return Ok(false);
-                },
+            let wake = &self.registered.entry.wake;
+            let (client, cbuf) = (&mut self.client, &mut self.cbuf);
+            let here = poll_fn(|cx| {
+                loop {
+                    if wake.poll_notified(cx).is_ready() {
+                        return Poll::Ready(Ok(true));
+                    }
+                    match poll_read_ahead(cx, client, cbuf) {
+                        Poll::Ready(Ok(true)) => {}
+                        done @ Poll::Ready(_) => return done,
+                        Poll::Pending => return Poll::Pending,
+                    }
+                }
+            })
+            .await?;
+            if !here {
+                return Ok(false);
             }
+            self.check_standing()?;
         }
         Ok(true)
     }
@@ -406,17 +418,22 @@ impl<S: ClientStream> Relay<S> {
         &mut self,
         pending: Pending,
     ) -> Result<Option<Result<Lease, CheckoutError>>, RelayError> {
-        let checkout = pending.finish();
-        tokio::pin!(checkout);
-        loop {
-            tokio::select! {
-                biased;
-                result = &mut checkout => return Ok(Some(result)),
-                here = read_ahead(&mut self.client, &mut self.cbuf) => if !here? {
-                    return Ok(None);
-                },
+        let mut checkout = pin!(pending.finish());
+        let (client, cbuf) = (&mut self.client, &mut self.cbuf);
+        poll_fn(|cx| {
+            loop {
+                if let Poll::Ready(result) = checkout.as_mut().poll(cx) {
+                    return Poll::Ready(Ok(Some(result)));
+                }
+                match poll_read_ahead(cx, client, cbuf) {
+                    Poll::Ready(Ok(true)) => {}
+                    Poll::Ready(Ok(false)) => return Poll::Ready(Ok(None)),
+                    Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                    Poll::Pending => return Poll::Pending,
+                }
             }
-        }
+        })
+        .await
     }
 
     async fn ready_for_query(&mut self) -> Result<(), RelayError> {
@@ -775,17 +792,19 @@ const READ_AHEAD_LIMIT: usize = 1 << 20;
 
 /// One read ahead from a client that waits (for a server, or while its tenant
 /// is paused), so that one that goes away is let go at once: `false` when it
-/// has. Straight into the buffer (no `ReadBuf` future each turn); past
-/// [`READ_AHEAD_LIMIT`] bytes it reads no more and never completes.
-async fn read_ahead<S: ClientStream>(
+/// has. Straight into the buffer; past [`READ_AHEAD_LIMIT`] bytes it reads no
+/// more and stays pending (what the wait waits for wakes it).
+fn poll_read_ahead<S: ClientStream>(
+    cx: &mut Context<'_>,
     client: &mut S,
     cbuf: &mut BytesMut,
-) -> Result<bool, RelayError> {
+) -> Poll<Result<bool, RelayError>> {
     if cbuf.len() >= READ_AHEAD_LIMIT {
-        return std::future::pending().await;
+        return Poll::Pending;
     }
-    let read = poll_fn(|cx| client.poll_read_into(cx, cbuf)).await;
-    Ok(read.map_err(client_io)? > 0)
+    client
+        .poll_read_into(cx, cbuf)
+        .map(|read| Ok(read.map_err(client_io)? > 0))
 }
 
 /// Keeps room for a large read so big results do not trickle in 64-byte steps.
