@@ -542,6 +542,50 @@ async fn client_gone_while_queued_leaves_no_waiter() {
     holder.batch_execute("COMMIT").await.unwrap();
 }
 
+/// A queued client that sends more than the proxy reads ahead while it waits
+/// (1 MiB) is served whole once a server frees: the wait stops reading, sits
+/// idle (no spinning on a full buffer) and still wakes for the server.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_queued_client_past_the_read_ahead_limit_is_served_whole() {
+    let db = pg().database("aheadlimit");
+    let proxy = start_tier(&db, "slow", "{ pool_size: 1, queue_timeout: 60s }").await;
+    let holder = proxy.connect("acme", &db).await;
+    holder.batch_execute("BEGIN").await.unwrap();
+    let waiter = proxy.connect("umbrella", &db).await;
+    let big = format!("SELECT length('{}')", "x".repeat(3 << 20));
+    let query = tokio::spawn(async move { common::one(&waiter, &big).await });
+    // Long enough for the client to send its 3 MiB and the wait to stop reading.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(!query.is_finished(), "served while the pool was full");
+    // This process (the proxy, the drivers) waits: it must not burn a core.
+    let cpu = || {
+        let stat = std::fs::read_to_string("/proc/self/stat").unwrap();
+        let fields: Vec<u64> = stat
+            .rsplit(')')
+            .next()
+            .unwrap()
+            .split_whitespace()
+            .skip(11)
+            .take(2)
+            .map(|f| f.parse().unwrap())
+            .collect();
+        fields[0] + fields[1]
+    };
+    let before = cpu();
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    let ticks = cpu() - before;
+    assert!(
+        ticks < 50,
+        "{ticks} clock ticks of CPU in a second of waiting"
+    );
+    holder.batch_execute("COMMIT").await.unwrap();
+    let length = tokio::time::timeout(Duration::from_secs(10), query)
+        .await
+        .expect("the queued client was never served")
+        .unwrap();
+    assert_eq!(length, (3 << 20).to_string());
+}
+
 /// The tenant context fails at run time (the DBA revoked the role after start):
 /// the client gets FATAL 08006 and never runs as anyone else; the server is
 /// closed, and other tenants on the same pool carry on.
