@@ -709,11 +709,13 @@ impl<S: ClientStream> Relay<S> {
         w.cout.clear();
         for frame in &mut frames {
             let frame = frame.map_err(|e| RelayError::ServerLost(std::io::Error::other(e)))?;
-            // Rows skip the tracker's call altogether: checked inside it, they
-            // still paid for its `Result<Action>` and the loop's checks after
-            // it (200-row SELECT: 16,055 instructions a transaction this way,
-            // 32,121 with the check at the top of `server_message`).
-            if frame.tag == b'D' && w.t.rows_pass() {
+            // Rows (and a simple query's description and tags) skip the
+            // tracker's call altogether: checked inside it, they still paid for
+            // its `Result<Action>` and the loop's checks after it (200-row
+            // SELECT: 16,055 instructions a transaction this way, 32,121 with
+            // the check at the top of `server_message`). Nothing is popped, so
+            // no reply of the proxy's own falls due.
+            if w.t.passes(frame.tag) {
                 continue;
             }
             match w.t.server_message(frame.tag, frame.body(buf), &mut st)? {

@@ -227,12 +227,20 @@ impl Tracker {
         (!self.resend.is_empty()).then(|| self.resend.split())
     }
 
-    /// Whether a `DataRow` now belongs to a client's result and goes as it
-    /// came, with nothing to track: the common case, once per row.
-    pub fn rows_pass(&self) -> bool {
-        matches!(self.replies.front(), Some(Reply::Query | Reply::Execute))
+    /// Whether a server message with `tag` now belongs to a client's result
+    /// and goes as it came, with nothing to track: its rows (once per row),
+    /// and a simple query's row description and command tags. What
+    /// [`Tracker::server_message`] would answer, without its call. The tag
+    /// is looked at first: most other messages need that call anyway.
+    pub fn passes(&self, tag: u8) -> bool {
+        let front = self.replies.front();
+        match tag {
+            b'D' => matches!(front, Some(Reply::Query | Reply::Execute)),
+            // An Execute's command tag ends what it owes.
+            b'T' | b'C' => matches!(front, Some(Reply::Query)),
+            _ => false,
+        }
     }
-
     pub fn at_boundary(&self) -> bool {
         self.replies.iter().all(|r| matches!(r, Reply::CopyEnd))
             && !self.unsynced
@@ -1170,35 +1178,42 @@ mod tests {
         let (n, _, out) = feed(&mut t, &mut sets, &buf);
         assert_eq!((n, out.is_empty()), (buf.len(), true));
         assert_eq!(sets.client.unnamed(), Some(&b"SELEC 1\0\0\0"[..]));
-        assert!(!t.rows_pass(), "its ParseComplete is owed first");
+        assert!(!t.passes(b'D'), "its ParseComplete is owed first");
     }
 
     #[test]
-    fn rows_pass_unexamined_only_inside_a_clients_result() {
+    fn results_pass_unexamined_only_inside_a_clients_result() {
         let (mut t, mut sets) = (Tracker::new(), Sets::new());
         t.own_query();
         feed(&mut t, &mut sets, &msg(b'Q', b"SELECT 1\0"));
-        assert!(
-            !t.rows_pass(),
-            "rows of the proxy's own query are swallowed"
-        );
-        assert_eq!(reply(&mut t, &mut sets, b'D', b"\0\0"), Action::Swallow);
+        for tag in [b'T', b'D', b'C'] {
+            assert!(
+                !t.passes(tag),
+                "the result of the proxy's own query is swallowed"
+            );
+            assert_eq!(reply(&mut t, &mut sets, tag, b"\0\0"), Action::Swallow);
+        }
         reply(&mut t, &mut sets, b'Z', b"I");
-        assert!(t.rows_pass());
-        assert_eq!(reply(&mut t, &mut sets, b'D', b"\0\0"), Action::Forward);
+        for tag in [b'T', b'D', b'C'] {
+            assert!(t.passes(tag));
+            assert_eq!(reply(&mut t, &mut sets, tag, b"\0\0"), Action::Forward);
+        }
+        assert!(!t.passes(b'Z') && !t.passes(b'E'), "these end or fail it");
         reply(&mut t, &mut sets, b'Z', b"I");
         let mut buf = msg(b'P', b"\0SELECT 1\0\0\0");
         buf.extend(msg(b'B', b"\0\0\0\0\0\0\0\0"));
         buf.extend(msg(b'E', b"\0\0\0\0\0"));
         buf.extend(msg(b'S', b""));
         feed(&mut t, &mut sets, &buf);
-        assert!(!t.rows_pass(), "a ParseComplete is owed first");
+        assert!(!t.passes(b'D'), "a ParseComplete is owed first");
         reply(&mut t, &mut sets, b'1', b"");
         reply(&mut t, &mut sets, b'2', b"");
-        assert!(t.rows_pass());
+        assert!(t.passes(b'D'));
         assert_eq!(reply(&mut t, &mut sets, b'D', b"\0\0"), Action::Forward);
+        assert!(!t.passes(b'C'), "an Execute's command tag is tracked");
+        reply(&mut t, &mut sets, b'C', b"SELECT 1\0");
+        assert!(!t.passes(b'D'), "the Sync's ReadyForQuery is owed now");
     }
-
     #[test]
     fn named_statements_are_translated_and_prepared_once_per_server() {
         let (mut t, mut sets) = (Tracker::new(), Sets::new());
