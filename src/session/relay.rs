@@ -290,20 +290,10 @@ impl<S: ClientStream> Relay<S> {
         while paused(self) {
             let wake = &self.registered.entry.wake;
             let (client, cbuf) = (&mut self.client, &mut self.cbuf);
-            let here = poll_fn(|cx| {
-                loop {
-                    if wake.poll_notified(cx).is_ready() {
-                        return Poll::Ready(Ok(true));
-                    }
-                    match poll_read_ahead(cx, client, cbuf) {
-                        Poll::Ready(Ok(true)) => {}
-                        done @ Poll::Ready(_) => return done,
-                        Poll::Pending => return Poll::Pending,
-                    }
-                }
-            })
-            .await?;
-            if !here {
+            let woken =
+                poll_fn(|cx| poll_reading_ahead(cx, client, cbuf, |cx| wake.poll_notified(cx)))
+                    .await?;
+            if woken.is_none() {
                 return Ok(false);
             }
             self.check_standing()?;
@@ -420,20 +410,7 @@ impl<S: ClientStream> Relay<S> {
     ) -> Result<Option<Result<Lease, CheckoutError>>, RelayError> {
         let mut checkout = pin!(pending.finish());
         let (client, cbuf) = (&mut self.client, &mut self.cbuf);
-        poll_fn(|cx| {
-            loop {
-                if let Poll::Ready(result) = checkout.as_mut().poll(cx) {
-                    return Poll::Ready(Ok(Some(result)));
-                }
-                match poll_read_ahead(cx, client, cbuf) {
-                    Poll::Ready(Ok(true)) => {}
-                    Poll::Ready(Ok(false)) => return Poll::Ready(Ok(None)),
-                    Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
-                    Poll::Pending => return Poll::Pending,
-                }
-            }
-        })
-        .await
+        poll_fn(|cx| poll_reading_ahead(cx, client, cbuf, |cx| checkout.as_mut().poll(cx))).await
     }
 
     async fn ready_for_query(&mut self) -> Result<(), RelayError> {
@@ -792,21 +769,30 @@ fn saturate(limit: usize) -> u32 {
 /// Most client bytes buffered while waiting for a server.
 const READ_AHEAD_LIMIT: usize = 1 << 20;
 
-/// One read ahead from a client that waits (for a server, or while its tenant
-/// is paused), so that one that goes away is let go at once: `false` when it
-/// has. Straight into the buffer; past [`READ_AHEAD_LIMIT`] bytes it reads no
-/// more and stays pending (what the wait waits for wakes it).
-fn poll_read_ahead<S: ClientStream>(
+/// Polls `wanted` (a server, or the end of a pause) for a client that waits
+/// for it, reading ahead from the client meanwhile so that one that goes away
+/// is let go at once: `Some` with what was wanted, `None` when the client has
+/// gone. Reads go straight into `cbuf`; past [`READ_AHEAD_LIMIT`] bytes it
+/// reads no more, and only `wanted` wakes the wait.
+fn poll_reading_ahead<S: ClientStream, T>(
     cx: &mut Context<'_>,
     client: &mut S,
     cbuf: &mut BytesMut,
-) -> Poll<Result<bool, RelayError>> {
-    if cbuf.len() >= READ_AHEAD_LIMIT {
-        return Poll::Pending;
+    mut wanted: impl FnMut(&mut Context<'_>) -> Poll<T>,
+) -> Poll<Result<Option<T>, RelayError>> {
+    loop {
+        if let Poll::Ready(got) = wanted(cx) {
+            return Poll::Ready(Ok(Some(got)));
+        }
+        if cbuf.len() >= READ_AHEAD_LIMIT {
+            return Poll::Pending;
+        }
+        match std::task::ready!(client.poll_read_into(cx, cbuf)) {
+            Ok(0) => return Poll::Ready(Ok(None)),
+            Ok(_) => {}
+            Err(e) => return Poll::Ready(Err(client_io(e))),
+        }
     }
-    client
-        .poll_read_into(cx, cbuf)
-        .map(|read| Ok(read.map_err(client_io)? > 0))
 }
 
 /// Keeps room for a large read so big results do not trickle in 64-byte steps.

@@ -241,6 +241,7 @@ impl Tracker {
             _ => false,
         }
     }
+
     pub fn at_boundary(&self) -> bool {
         self.replies.iter().all(|r| matches!(r, Reply::CopyEnd))
             && !self.unsynced
