@@ -101,7 +101,7 @@ TARGETS="direct:$PG_PORT pgbouncer:$PGB_PORT:$PGB_DIR/pgbouncer.pid pgtenant:$PR
 [ -n "${BASELINE_BIN:-}" ] && TARGETS+=" pgtenant-base:$BASE_PORT:$PROXY_DIR/base.pid${TENANTS:+:$TENANT_USER}"
 # Many processes take seconds to launch and TPS counts only while all run:
 # longer runs with tenants, so that the common window stays several seconds.
-DURATION=${DURATION:-${TENANTS:+15}}
+[ -n "$TENANTS" ] && DURATION=${DURATION:-15}
 OUT=$OUT TARGETS=$TARGETS \
   PROCS=${TENANTS:-1} MODES=${MODES:-simple extended} CLIENTS=${CLIENTS:-16} REPS=${REPS:-3} DURATION=${DURATION:-10} \
   FOREIGN_IGNORE="postgres pgbench pgbouncer pgtenant${BASELINE_BIN:+ $(basename "$BASELINE_BIN" | cut -c1-15)}" "$BENCH/bench-matrix.sh"

@@ -443,31 +443,30 @@ async fn a_client_gone_while_paused_is_let_go() {
     let (client, conn) = connect_watched(&proxy.client_config("app.acme", APP_PASSWORD, &db)).await;
     admin.simple_query("PAUSE TENANT acme").await.unwrap();
     let held = tokio::spawn(async move { client.simple_query("SELECT 1").await });
-    let acme_state = |clients: Vec<Vec<(String, String)>>| {
-        (clients.iter())
-            .find(|r| field(r, "tenant") == "acme")
-            .map(|r| field(r, "state").to_owned())
+    // Polls SHOW CLIENTS (up to 5 s) until acme's client is in `state`
+    // (`None`: listed no more).
+    let acme_until = |state: Option<&'static str>, why: &'static str| {
+        let admin = &admin;
+        async move {
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+            loop {
+                let clients = show(admin, "CLIENTS").await;
+                let acme = (clients.iter())
+                    .find(|r| field(r, "tenant") == "acme")
+                    .map(|r| field(r, "state").to_owned());
+                if acme.as_deref() == state {
+                    return;
+                }
+                assert!(tokio::time::Instant::now() < deadline, "{why}: {acme:?}");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
     };
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
-    while acme_state(show(&admin, "CLIENTS").await).as_deref() != Some("waiting") {
-        assert!(tokio::time::Instant::now() < deadline, "acme never waited");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    acme_until(Some("waiting"), "acme never waited").await;
     // Gone without a Terminate, as a crashed client goes.
     conn.abort();
     held.abort();
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
-    loop {
-        let state = acme_state(show(&admin, "CLIENTS").await);
-        if state.is_none() {
-            break;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the gone client is still listed while paused: {state:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    acme_until(None, "the gone client is still listed while paused").await;
     admin.simple_query("RESUME TENANT acme").await.unwrap();
 }
 

@@ -12,9 +12,28 @@ use postgres_protocol::message::frontend;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use common::{
-    APP_PASSWORD, code, config, demo_config, one, one_server_two_workers, pg, raw_login,
+    APP_PASSWORD, Proxy, code, config, demo_config, one, one_server_two_workers, pg, raw_login,
     server_connections, servers_move_between_workers, start, start_tier, tenants,
 };
+
+/// A tier `tier` with a pool of one server, which acme holds in an open
+/// transaction: the next client's statement queues (until `queue_timeout`).
+async fn pool_held(
+    prefix: &str,
+    tier: &str,
+    queue_timeout: &str,
+) -> (String, Proxy, tokio_postgres::Client) {
+    let db = pg().database(prefix);
+    let proxy = start_tier(
+        &db,
+        tier,
+        &format!("{{ pool_size: 1, queue_timeout: {queue_timeout} }}"),
+    )
+    .await;
+    let holder = proxy.connect("acme", &db).await;
+    holder.batch_execute("BEGIN").await.unwrap();
+    (db, proxy, holder)
+}
 
 /// All four tenants share one pool of one server: every statement must still
 /// see only its tenant's rows, its own setting, and (for the schema tenant) its
@@ -261,10 +280,7 @@ async fn tier_statement_timeout_cancels_and_the_session_survives() {
 /// tier, and the session stays usable once the pool frees up.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn queue_timeout_fails_the_statement_not_the_session() {
-    let db = pg().database("queue");
-    let proxy = start_tier(&db, "tiny", "{ pool_size: 1, queue_timeout: 200ms }").await;
-    let holder = proxy.connect("acme", &db).await;
-    holder.batch_execute("BEGIN").await.unwrap();
+    let (db, proxy, holder) = pool_held("queue", "tiny", "200ms").await;
     let waiter = proxy.connect("umbrella", &db).await;
     let err = waiter.simple_query("SELECT 1").await.unwrap_err();
     assert_eq!(code(&err), "53300");
@@ -503,10 +519,7 @@ async fn min_pool_size_servers_are_opened_ahead_of_demand() {
 /// queue timeout.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn client_gone_while_queued_leaves_no_waiter() {
-    let db = pg().database("gone");
-    let proxy = start_tier(&db, "slow", "{ pool_size: 1, queue_timeout: 60s }").await;
-    let holder = proxy.connect("acme", &db).await;
-    holder.batch_execute("BEGIN").await.unwrap();
+    let (db, proxy, holder) = pool_held("gone", "slow", "60s").await;
     let (waiter, conn) = proxy
         .client_config("app.umbrella", common::APP_PASSWORD, &db)
         .connect(tokio_postgres::NoTls)
@@ -547,10 +560,7 @@ async fn client_gone_while_queued_leaves_no_waiter() {
 /// idle (no spinning on a full buffer) and still wakes for the server.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_queued_client_past_the_read_ahead_limit_is_served_whole() {
-    let db = pg().database("aheadlimit");
-    let proxy = start_tier(&db, "slow", "{ pool_size: 1, queue_timeout: 60s }").await;
-    let holder = proxy.connect("acme", &db).await;
-    holder.batch_execute("BEGIN").await.unwrap();
+    let (db, proxy, holder) = pool_held("aheadlimit", "slow", "60s").await;
     let waiter = proxy.connect("umbrella", &db).await;
     let big = format!("SELECT length('{}')", "x".repeat(3 << 20));
     let query = tokio::spawn(async move { common::one(&waiter, &big).await });
