@@ -78,6 +78,38 @@ fn memo_pgbench_select_other_numbers(bencher: divan::Bencher) {
     });
 }
 
+/// pgbench's TPC-B-like transaction, statement after statement: each differs
+/// from the one before in more than its numbers, so the memo misses every
+/// time and costs its compare and copy on top of the scan.
+const TPCB: &[&str] = &[
+    "BEGIN;",
+    "UPDATE pgbench_accounts SET abalance = abalance + -1234 WHERE aid = 56789;",
+    "SELECT abalance FROM pgbench_accounts WHERE aid = 56789;",
+    "UPDATE pgbench_tellers SET tbalance = tbalance + -1234 WHERE tid = 7;",
+    "UPDATE pgbench_branches SET bbalance = bbalance + -1234 WHERE bid = 1;",
+    "INSERT INTO pgbench_history (tid, bid, aid, delta, mtime) VALUES (7, 1, 56789, -1234, CURRENT_TIMESTAMP);",
+    "END;",
+];
+
+#[divan::bench]
+fn memo_tpcb_statements(bencher: divan::Bencher) {
+    let mut memo = Memo::default();
+    let mut next = TPCB.iter().cycle();
+    bencher.bench_local(|| {
+        let sql = next.next().expect("cycles");
+        memo.may_change_session(divan::black_box(sql.as_bytes()))
+    });
+}
+
+#[divan::bench]
+fn scan_tpcb_statements(bencher: divan::Bencher) {
+    let mut next = TPCB.iter().cycle();
+    bencher.bench_local(|| {
+        let sql = next.next().expect("cycles");
+        may_change_session(divan::black_box(sql.as_bytes()))
+    });
+}
+
 #[divan::bench(args = NAMES)]
 fn parse_ordinary(bencher: divan::Bencher, name: &str) {
     let sql = sql(name);
