@@ -515,6 +515,23 @@ async fn min_pool_size_servers_are_opened_ahead_of_demand() {
     }
 }
 
+/// Clients queued in any of `proxy`'s pools.
+fn waiting(proxy: &Proxy) -> u32 {
+    (proxy.deps.runtime.load().pools.iter())
+        .map(|(_, p)| p.stats().waiting)
+        .sum()
+}
+
+/// Waits until the count of queued clients satisfies `wanted`, failing with
+/// `why` after `limit`.
+async fn until_waiting(proxy: &Proxy, wanted: impl Fn(u32) -> bool, limit: Duration, why: &str) {
+    let deadline = Instant::now() + limit;
+    while !wanted(waiting(proxy)) {
+        assert!(Instant::now() < deadline, "{why}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
 /// A client that gives up while queued leaves the queue at once, not at its
 /// queue timeout.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -527,31 +544,40 @@ async fn client_gone_while_queued_leaves_no_waiter() {
         .unwrap();
     let conn = tokio::spawn(conn);
     let query = tokio::spawn(async move { waiter.simple_query("SELECT 1").await.map(|_| ()) });
-    let waiting = || {
-        proxy
-            .deps
-            .runtime
-            .load()
-            .pools
-            .iter()
-            .map(|(_, p)| p.stats().waiting)
-            .sum::<u32>()
-    };
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while waiting() == 0 {
-        assert!(Instant::now() < deadline, "the client never queued");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    let secs = Duration::from_secs;
+    until_waiting(&proxy, |n| n > 0, secs(5), "the client never queued").await;
     conn.abort();
     query.abort();
-    let deadline = Instant::now() + Duration::from_secs(2);
-    while waiting() > 0 {
-        assert!(
-            Instant::now() < deadline,
-            "a vanished client is still queued"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    until_waiting(
+        &proxy,
+        |n| n == 0,
+        secs(2),
+        "a vanished client is still queued",
+    )
+    .await;
+    holder.batch_execute("COMMIT").await.unwrap();
+}
+
+/// A queued client whose connection is reset (an RST, not a FIN) leaves the
+/// queue at once too: the wait's read-ahead fails rather than ends.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_reset_while_queued_leaves_no_waiter() {
+    let (db, proxy, holder) = pool_held("resetq", "slow", "60s").await;
+    let mut raw = raw_login(proxy.port, "app.umbrella", APP_PASSWORD, &db).await;
+    let mut query = BytesMut::new();
+    frontend::query("SELECT 1", &mut query).unwrap();
+    raw.write_all(&query).await.unwrap();
+    let secs = Duration::from_secs;
+    until_waiting(&proxy, |n| n > 0, secs(5), "the client never queued").await;
+    raw.set_zero_linger().unwrap();
+    drop(raw);
+    until_waiting(
+        &proxy,
+        |n| n == 0,
+        secs(2),
+        "a reset client is still queued",
+    )
+    .await;
     holder.batch_execute("COMMIT").await.unwrap();
 }
 
