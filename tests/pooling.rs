@@ -532,52 +532,26 @@ async fn until_waiting(proxy: &Proxy, wanted: impl Fn(u32) -> bool, limit: Durat
     }
 }
 
-/// A client that gives up while queued leaves the queue at once, not at its
-/// queue timeout.
+/// A client that goes away while queued leaves the queue at once, not at its
+/// queue timeout: closed (a FIN: its wait's read-ahead ends) or reset (an RST:
+/// the read-ahead fails).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn client_gone_while_queued_leaves_no_waiter() {
     let (db, proxy, holder) = pool_held("gone", "slow", "60s").await;
-    let (waiter, conn) = proxy
-        .client_config("app.umbrella", common::APP_PASSWORD, &db)
-        .connect(tokio_postgres::NoTls)
-        .await
-        .unwrap();
-    let conn = tokio::spawn(conn);
-    let query = tokio::spawn(async move { waiter.simple_query("SELECT 1").await.map(|_| ()) });
     let secs = Duration::from_secs;
-    until_waiting(&proxy, |n| n > 0, secs(5), "the client never queued").await;
-    conn.abort();
-    query.abort();
-    until_waiting(
-        &proxy,
-        |n| n == 0,
-        secs(2),
-        "a vanished client is still queued",
-    )
-    .await;
-    holder.batch_execute("COMMIT").await.unwrap();
-}
-
-/// A queued client whose connection is reset (an RST, not a FIN) leaves the
-/// queue at once too: the wait's read-ahead fails rather than ends.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn client_reset_while_queued_leaves_no_waiter() {
-    let (db, proxy, holder) = pool_held("resetq", "slow", "60s").await;
-    let mut raw = raw_login(proxy.port, "app.umbrella", APP_PASSWORD, &db).await;
-    let mut query = BytesMut::new();
-    frontend::query("SELECT 1", &mut query).unwrap();
-    raw.write_all(&query).await.unwrap();
-    let secs = Duration::from_secs;
-    until_waiting(&proxy, |n| n > 0, secs(5), "the client never queued").await;
-    raw.set_zero_linger().unwrap();
-    drop(raw);
-    until_waiting(
-        &proxy,
-        |n| n == 0,
-        secs(2),
-        "a reset client is still queued",
-    )
-    .await;
+    for reset in [false, true] {
+        let mut raw = raw_login(proxy.port, "app.umbrella", APP_PASSWORD, &db).await;
+        let mut query = BytesMut::new();
+        frontend::query("SELECT 1", &mut query).unwrap();
+        raw.write_all(&query).await.unwrap();
+        until_waiting(&proxy, |n| n > 0, secs(5), "the client never queued").await;
+        if reset {
+            raw.set_zero_linger().unwrap();
+        }
+        drop(raw);
+        let why = format!("a vanished client is still queued (reset: {reset})");
+        until_waiting(&proxy, |n| n == 0, secs(2), &why).await;
+    }
     holder.batch_execute("COMMIT").await.unwrap();
 }
 
